@@ -1,0 +1,46 @@
+#!/usr/bin/env node
+// Drop-in for Prisma's native query-engine binary, for machines that cannot
+// download it: point PRISMA_QUERY_ENGINE_BINARY here. It accepts the flags
+// Prisma Client Python passes and serves the same HTTP interface.
+
+const ENGINE_COMMIT = '393aa359c9ad4a4bb28630fb5613f9c281cde053';
+
+function parseArgs(argv) {
+  const options = { port: 4466 };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === '--version' || arg === '-V') options.version = true;
+    else if (arg === '-p' || arg === '--port') options.port = Number(argv[++i]);
+    else if (arg.startsWith('--port=')) options.port = Number(arg.slice('--port='.length));
+    // --enable-metrics, --enable-raw-queries, --enable-playground and the
+    // rest are accepted: metrics and raw queries are always on here.
+  }
+  return options;
+}
+
+const options = parseArgs(process.argv.slice(2));
+if (options.version) {
+  // Prisma Client Python reads this line to check the engine matches the client.
+  process.stdout.write(`query-engine ${ENGINE_COMMIT}\n`);
+  process.exit(0);
+}
+if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
+  process.stderr.write(`invalid port: ${options.port}\n`);
+  process.exit(2);
+}
+
+const { startServer } = await import('./src/server.mjs');
+let server;
+try {
+  server = await startServer({ port: options.port });
+} catch (error) {
+  process.stderr.write(`${JSON.stringify({ level: 'error', message: `query engine failed to start: ${error.message}` })}\n`);
+  process.exit(1);
+}
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => server.shutdown());
+
+// Exit with the process that started us: an engine must not outlive its client.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) server.shutdown();
+}, 1000).unref();

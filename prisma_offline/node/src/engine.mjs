@@ -1,0 +1,162 @@
+// Hosts Prisma's WebAssembly query engine on a node-postgres pool.
+//
+// A panic inside the wasm module escapes as an uncaught `RuntimeError:
+// unreachable` and leaves the instance unusable. `WasmEngine` keeps track of
+// every call in flight so that, on a panic, each caller gets an error instead
+// of waiting forever, and `restart()` then builds a fresh instance.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
+
+const require = createRequire(import.meta.url);
+const pg = require('pg');
+const { PrismaPg } = require('@prisma/adapter-pg');
+const { bindAdapter } = require('@prisma/driver-adapter-utils');
+
+const wasmDir = new URL('./postgresql/', pathToFileURL(require.resolve('@prisma/query-engine-wasm/package.json')));
+const wasmBytes = fs.readFileSync(new URL('query_engine_bg.wasm', wasmDir));
+const wasmModule = new WebAssembly.Module(wasmBytes);
+
+// URL parameters that Prisma reads itself; node-postgres must not see them.
+const PRISMA_URL_PARAMS = ['schema', 'connection_limit', 'pool_timeout', 'pgbouncer', 'socket_timeout', 'statement_cache_size', 'connect_timeout'];
+
+export class EnginePanic extends Error {}
+
+/** node-postgres pool settings from a Prisma PostgreSQL URL. */
+export function poolConfig(url) {
+  const parsed = new URL(url);
+  const params = parsed.searchParams;
+  const limit = Number(params.get('connection_limit'));
+  const connectTimeout = Number(params.get('connect_timeout') ?? 5);
+  const schema = params.get('schema') ?? undefined;
+  for (const name of PRISMA_URL_PARAMS) params.delete(name);
+  return {
+    pool: {
+      connectionString: parsed.toString(),
+      // Prisma's default pool size: twice the CPUs plus one.
+      max: limit > 0 ? limit : os.availableParallelism() * 2 + 1,
+      connectionTimeoutMillis: connectTimeout > 0 ? connectTimeout * 1000 : 0,
+      idleTimeoutMillis: 30_000,
+    },
+    schema,
+  };
+}
+
+/** Add `previewFeatures = ["driverAdapters"]`, without which every model action is unknown to the engine. */
+export function withDriverAdapters(datamodel) {
+  if (/previewFeatures\s*=\s*\[[^\]]*"driverAdapters"/.test(datamodel)) return datamodel;
+  if (/previewFeatures\s*=\s*\[/.test(datamodel)) {
+    return datamodel.replace(/previewFeatures\s*=\s*\[\s*/, (m) => `${m}"driverAdapters", `).replace(/, \]/, ']');
+  }
+  return datamodel.replace(/^(\s*generator\s+\w+\s*\{[^\n]*\n)/m, `$1  previewFeatures = ["driverAdapters"]\n`);
+}
+
+export class WasmEngine {
+  constructor({ datamodel, url, logQueries = false, log = () => {} }) {
+    this.datamodel = withDriverAdapters(datamodel);
+    this.config = poolConfig(url);
+    this.logQueries = logQueries;
+    this.log = log;
+    this.generation = 0;
+    this.inFlight = new Set();
+    this.transactions = new Map();
+  }
+
+  async start() {
+    this.generation += 1;
+    // A fresh copy of the glue module per instance: it caches views of the
+    // wasm memory, which would point into a dead instance after a restart.
+    const bg = await import(`${new URL('query_engine_bg.js', wasmDir)}?instance=${this.generation}`);
+    const instance = await WebAssembly.instantiate(wasmModule, { './query_engine_bg.js': bg });
+    bg.__wbg_set_wasm(instance.exports);
+    this.pool = new pg.Pool(this.config.pool);
+    // An idle connection dropped by the server must not crash the process.
+    this.pool.on('error', (err) => this.log({ level: 'warn', message: `idle database connection failed: ${err.message}` }));
+    const adapter = new PrismaPg(this.pool, this.config.schema ? { schema: this.config.schema } : undefined);
+    this.engine = new bg.QueryEngine(
+      { datamodel: this.datamodel, logLevel: 'info', logQueries: this.logQueries },
+      (line) => this.log(safeParse(line)),
+      bindAdapter(adapter),
+    );
+    await this.engine.connect('{}');
+    this.transactions.clear();
+  }
+
+  async stop() {
+    const { engine, pool } = this;
+    this.engine = undefined;
+    this.pool = undefined;
+    try {
+      await engine?.disconnect('{}');
+    } finally {
+      await pool?.end();
+    }
+  }
+
+  /** Fail every call in flight; called when the wasm instance has panicked. */
+  poison(error) {
+    const panic = new EnginePanic(`query engine panicked: ${error?.message ?? error}`);
+    for (const call of this.inFlight) call.reject(panic);
+    this.inFlight.clear();
+    this.engine = undefined;
+  }
+
+  async restart() {
+    const pool = this.pool;
+    this.pool = undefined;
+    await pool?.end().catch(() => {});
+    await this.start();
+  }
+
+  track(run) {
+    if (!this.engine) return Promise.reject(new EnginePanic('query engine is restarting'));
+    return new Promise((resolve, reject) => {
+      const call = { reject };
+      this.inFlight.add(call);
+      const settle = (fn) => (value) => {
+        if (this.inFlight.delete(call)) fn(value);
+      };
+      Promise.resolve()
+        .then(() => run(this.engine))
+        .then(settle(resolve), settle(reject));
+    });
+  }
+
+  query(body, txId) {
+    return this.track((engine) => engine.query(body, '{}', txId));
+  }
+
+  /** Whether a transaction id was issued by this instance; unknown ids make the engine panic. */
+  knowsTransaction(id) {
+    return this.transactions.has(id);
+  }
+
+  async startTransaction(options) {
+    const answer = await this.track((engine) => engine.startTransaction(JSON.stringify(options), '{}'));
+    const parsed = JSON.parse(answer);
+    if (typeof parsed.id === 'string') this.transactions.set(parsed.id, Date.now());
+    this.pruneTransactions();
+    return parsed;
+  }
+
+  async endTransaction(id, how) {
+    const run = how === 'commit' ? 'commitTransaction' : 'rollbackTransaction';
+    return JSON.parse(await this.track((engine) => engine[run](id, '{}')));
+  }
+
+  pruneTransactions() {
+    // The engine remembers closed transactions for a while; so do we, for an hour.
+    const cutoff = Date.now() - 3_600_000;
+    for (const [id, started] of this.transactions) if (started < cutoff) this.transactions.delete(id);
+  }
+}
+
+function safeParse(line) {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return { level: 'info', message: String(line) };
+  }
+}

@@ -1,0 +1,63 @@
+"""Generates a client from the conformance schema and connects it to a fresh database.
+
+The client runs on whatever engine the environment selects (see prisma_offline.engines):
+on machines without Prisma's CDN, that is the offline WebAssembly engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg
+import pytest
+
+from prisma_offline import engines, migrations
+
+HERE = Path(__file__).resolve().parent
+SCHEMA = HERE / "schema.prisma"
+TABLES = ('"Author"', '"Profile"', '"Post"', '"Category"', '"_CategoryToPost"')
+
+
+@pytest.fixture(scope="session")
+def client_module() -> ModuleType:
+    engines.generate(SCHEMA)
+    sys.path.insert(0, str(HERE / "generated"))
+    return importlib.import_module("conformance_client")
+
+
+@pytest.fixture(scope="session")
+def conformance_url(database_factory: Any) -> str:
+    url = database_factory("conformance")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(migrations.schema_ddl(SCHEMA))  # type: ignore[arg-type]
+    return url
+
+
+@pytest.fixture(scope="session")
+def session_client(client_module: ModuleType, conformance_url: str) -> Iterator[Any]:
+    client = client_module.Prisma(datasource={"url": conformance_url})
+    client.connect()
+    yield client
+    client.disconnect()
+
+
+@pytest.fixture
+def db(session_client: Any, conformance_url: str) -> Any:
+    """The connected client, on empty tables."""
+    with psycopg.connect(conformance_url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    return session_client
+
+
+@pytest.fixture
+def fresh_client(client_module: ModuleType, conformance_url: str) -> Iterator[Any]:
+    """A client of its own, for tests that break its engine."""
+    client = client_module.Prisma(datasource={"url": conformance_url})
+    yield client
+    if client.is_connected():
+        client.disconnect()
