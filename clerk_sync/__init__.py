@@ -1,0 +1,42 @@
+"""clerk-sync: mirrors a Clerk application's users into PostgreSQL."""
+
+from __future__ import annotations
+
+from dotenv import load_dotenv
+from flask import Flask
+from flask_cors import CORS
+
+from . import clerk, db, errors
+from .config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The application factory, for `flask --app clerk_sync` and gunicorn's `clerk_sync:create_app()`."""
+    if settings is None:
+        load_dotenv()
+        settings = Settings.from_env()
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    errors.init_app(app)
+    db.init_app(app, settings.database_url)
+    clerk.init_app(app, settings)
+
+    from .views import after_login, health, webhooks
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(after_login.bp)
+    app.register_blueprint(webhooks.bp)
+    if settings.clerk_authorized_parties:
+        # Browsers on the frontend's origins may call /after-login with their Bearer token.
+        CORS(
+            app,
+            resources={r"/after-login": {"origins": list(settings.clerk_authorized_parties)}},
+            allow_headers=["Authorization", "Content-Type"],
+            methods=["POST", "OPTIONS"],
+            supports_credentials=True,
+            max_age=600,
+        )
+    return app

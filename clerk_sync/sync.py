@@ -1,0 +1,136 @@
+"""Writing Clerk users into the `User` table.
+
+Every write, from after-login, a webhook or a backfill, comes through here and
+ends in `prisma.user.upsert` keyed on `clerkId`. Correctness under duplicates,
+reordering and races rests on three rules, enforced inside one transaction that
+holds a per-user advisory lock:
+
+- a snapshot is written only if its Clerk `updated_at` is newer than the stored one;
+- a tombstone (`deletedAt`) is final: nothing refills or revives the row;
+- the lock serialises every writer of one user, so "read, compare, upsert" is atomic
+  even when the row does not exist yet.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from prisma import Prisma
+from prisma.models import User
+
+from .clerk.users import ClerkUser
+from .db import get_db
+
+# Long enough to queue behind other writers of the same user under load.
+TRANSACTION_MAX_WAIT = timedelta(seconds=10)
+TRANSACTION_TIMEOUT = timedelta(seconds=15)
+
+_PERSONAL_FIELDS = ("email", "firstName", "lastName", "username", "imageUrl")
+
+
+class SyncOutcome(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    """The stored snapshot is as new (identical) or newer (the incoming one is stale)."""
+    DELETED = "deleted"
+    """A tombstone was written."""
+    IGNORED_DELETED = "ignored_deleted"
+    """The user is tombstoned; the snapshot was dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    outcome: SyncOutcome
+    user: User
+    reason: str = ""
+
+
+@contextmanager
+def transaction(db: Prisma) -> Iterator[Prisma]:
+    """An interactive transaction: commits on success, rolls back on any exception."""
+    with db.tx(max_wait=TRANSACTION_MAX_WAIT, timeout=TRANSACTION_TIMEOUT) as tx:
+        yield tx
+
+
+def lock_user(tx: Prisma, clerk_id: str) -> None:
+    """Hold a transaction-scoped lock on one Clerk user id, row or no row."""
+    tx.execute_raw("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", clerk_id)
+
+
+def sync_user_with_database(user: ClerkUser, db: Prisma | None = None) -> SyncResult:
+    """Store a Clerk user snapshot in the `User` row keyed by its Clerk id.
+
+    Writes `email` (the primary address), `firstName`, `lastName`, `username`,
+    `imageUrl` and `clerkUpdatedAt` with `prisma.user.upsert`, but only when the
+    snapshot's `updated_at` is newer than the stored one and the row is not a
+    tombstone.
+
+    Returns a `SyncResult` whose outcome is `created` or `updated` when it wrote,
+    `unchanged` when the stored snapshot was identical or newer (reason
+    "identical" or "stale"), or `ignored_deleted` when the user is tombstoned;
+    `user` is the row as stored afterwards.
+
+    Raises the Prisma client's errors (`prisma.errors.PrismaError`) or
+    `httpx.TransportError` when the database or its engine fails; nothing is
+    written then.
+
+    `db` defaults to the current Flask app's client.
+    """
+    with transaction(db or get_db()) as tx:
+        return apply_snapshot(tx, user)
+
+
+def delete_user_from_database(
+    clerk_id: str, db: Prisma | None = None, *, at: datetime | None = None
+) -> SyncResult:
+    """Tombstone a user: set `deletedAt`, clear personal data, keep the row.
+
+    A deletion for an id never seen still stores a tombstone, so a `user.created`
+    delivered late cannot bring the user back. Raises as `sync_user_with_database`.
+    """
+    with transaction(db or get_db()) as tx:
+        return apply_deletion(tx, clerk_id, at=at)
+
+
+def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:
+    """`sync_user_with_database` inside a transaction the caller owns."""
+    lock_user(tx, user.id)
+    stored = tx.user.find_unique(where={"clerkId": user.id})
+    if stored is not None:
+        if stored.deletedAt is not None:
+            return SyncResult(SyncOutcome.IGNORED_DELETED, stored, "deleted")
+        if stored.clerkUpdatedAt is not None and stored.clerkUpdatedAt >= user.updated_at_datetime:
+            reason = "identical" if stored.clerkUpdatedAt == user.updated_at_datetime else "stale"
+            return SyncResult(SyncOutcome.UNCHANGED, stored, reason)
+    fields = {
+        "email": user.email,
+        "firstName": user.first_name,
+        "lastName": user.last_name,
+        "username": user.username,
+        "imageUrl": user.image_url,
+        "clerkUpdatedAt": user.updated_at_datetime,
+    }
+    row = tx.user.upsert(
+        where={"clerkId": user.id},
+        data={"create": {"clerkId": user.id, **fields}, "update": fields},
+    )
+    return SyncResult(SyncOutcome.CREATED if stored is None else SyncOutcome.UPDATED, row)
+
+
+def apply_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> SyncResult:
+    """`delete_user_from_database` inside a transaction the caller owns."""
+    lock_user(tx, clerk_id)
+    stored = tx.user.find_unique(where={"clerkId": clerk_id})
+    if stored is not None and stored.deletedAt is not None:
+        return SyncResult(SyncOutcome.UNCHANGED, stored, "already deleted")
+    tombstone = {"deletedAt": at or datetime.now(UTC), **dict.fromkeys(_PERSONAL_FIELDS)}
+    row = tx.user.upsert(
+        where={"clerkId": clerk_id},
+        data={"create": {"clerkId": clerk_id, **tombstone}, "update": tombstone},
+    )
+    return SyncResult(SyncOutcome.DELETED, row)

@@ -1,0 +1,1 @@
+"""Where requests enter: one blueprint per endpoint family."""

@@ -1,0 +1,142 @@
+"""`POST /webhooks/clerk`: Clerk's user events, delivered by Svix.
+
+Svix delivers at least once and in no particular order. So each message is
+verified over the raw body, applied through the same sync rules as after-login
+(newest snapshot wins, tombstones are final), and its `svix-id` is recorded in
+the same transaction: a redelivery finds it and changes nothing, and a failure
+leaves neither the effect nor the record, so the retry applies it whole.
+
+Answers: 2xx once applied (or known, or ignored); 400 when the delivery can't be
+trusted or used, because retrying won't help; 413 when too large; 503 when the
+database fails, so that Svix retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from prisma import Prisma
+from prisma.errors import UniqueViolationError
+from svix.webhooks import Webhook, WebhookVerificationError
+
+from ..clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user, parse_deleted_user_id
+from ..config import Settings
+from ..db import UNAVAILABLE_ERRORS, get_db
+from ..errors import ApiError
+from ..sync import apply_deletion, apply_snapshot, transaction
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+SNAPSHOT_EVENTS = frozenset({"user.created", "user.updated"})
+DELETE_EVENT = "user.deleted"
+IGNORED = "ignored"
+
+
+@bp.post("/webhooks/clerk")
+def clerk_webhook() -> ResponseReturnValue:
+    settings: Settings = current_app.config["SETTINGS"]
+    webhook = _webhook(settings)
+    body = _read_body(settings.webhook_max_bytes)
+    msg_id = request.headers.get("svix-id", "")
+    try:
+        webhook.verify(body, {name: request.headers.get(name, "") for name in _SVIX_HEADERS})
+    except (WebhookVerificationError, ValueError):
+        # svix raises plain ValueError (and binascii.Error) for some malformed headers.
+        raise ApiError(400, "invalid_signature", "The webhook signature could not be verified.") from None
+
+    event_type, apply = _parse_event(body, msg_id)
+    try:
+        status, outcome = _process(get_db(), msg_id, event_type, apply)
+    except UNAVAILABLE_ERRORS:
+        log.warning("webhook %s (%s) not applied: database unavailable", msg_id, event_type, exc_info=True)
+        raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
+    log.info("webhook %s %s: %s", msg_id, event_type, outcome)
+    return jsonify(status=status, type=event_type, outcome=outcome), 200
+
+
+_SVIX_HEADERS = ("svix-id", "svix-timestamp", "svix-signature")
+
+
+def _webhook(settings: Settings) -> Webhook:
+    if not settings.clerk_webhook_signing_secret:
+        raise ApiError(503, "not_configured", "CLERK_WEBHOOK_SIGNING_SECRET is not set on the server.")
+    try:
+        return Webhook(settings.clerk_webhook_signing_secret)
+    except Exception:  # noqa: BLE001 - svix raises several types for a malformed secret; never echo it
+        log.error("CLERK_WEBHOOK_SIGNING_SECRET is not a valid Svix secret (whsec_...)")
+        raise ApiError(503, "not_configured", "The webhook signing secret is misconfigured.") from None
+
+
+def _read_body(limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"Webhook bodies are limited to {limit} bytes.")
+    body = request.stream.read(limit + 1)  # chunked bodies have no Content-Length to check first
+    if len(body) > limit:
+        raise ApiError(413, "payload_too_large", f"Webhook bodies are limited to {limit} bytes.")
+    return body
+
+
+def _unusable(msg_id: str, reason: str) -> ApiError:
+    log.warning("webhook %s rejected: %s", msg_id, reason)
+    return ApiError(400, "invalid_payload", f"The webhook payload is unusable: {reason}.")
+
+
+def _parse_event(body: bytes, msg_id: str) -> tuple[str, Any]:
+    """The event type and how to apply it; parsed before any transaction opens."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise _unusable(msg_id, "not JSON") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str) or not payload["type"]:
+        raise _unusable(msg_id, "no event type")
+    event_type: str = payload["type"]
+    data = payload.get("data")
+    try:
+        if event_type in SNAPSHOT_EVENTS:
+            user: ClerkUser = parse_clerk_user(data)
+            return event_type, lambda tx: apply_snapshot(tx, user)
+        if event_type == DELETE_EVENT:
+            clerk_id = parse_deleted_user_id(data)
+            at = _event_time(payload)
+            return event_type, lambda tx: apply_deletion(tx, clerk_id, at=at)
+    except InvalidClerkUser as exc:
+        raise _unusable(msg_id, str(exc)) from None
+    return event_type, None
+
+
+def _event_time(payload: dict[str, Any]) -> datetime | None:
+    # Clerk's event `timestamp` (ms) makes the tombstone's deletedAt the same whichever delivery lands.
+    stamp = payload.get("timestamp")
+    if isinstance(stamp, int) and not isinstance(stamp, bool) and 0 < stamp < 253402300800000:
+        return datetime.fromtimestamp(stamp / 1000, tz=UTC)
+    return None
+
+
+def _process(db: Prisma, msg_id: str, event_type: str, apply: Any) -> tuple[str, str]:
+    """Apply once: returns ("processed", outcome) or ("duplicate", outcome of the first delivery)."""
+    try:
+        with transaction(db) as tx:
+            seen = tx.webhookdelivery.find_unique(where={"svixId": msg_id})
+            if seen is not None:
+                return "duplicate", seen.outcome
+            result = apply(tx) if apply is not None else None
+            outcome = result.outcome.value if result is not None else IGNORED
+            tx.webhookdelivery.create(
+                data={
+                    "svixId": msg_id,
+                    "eventType": event_type,
+                    "clerkUserId": result.user.clerkId if result is not None else None,
+                    "outcome": outcome,
+                }
+            )
+            return "processed", outcome
+    except UniqueViolationError:
+        # The same message, delivered twice at once: the other delivery committed first.
+        seen = db.webhookdelivery.find_unique(where={"svixId": msg_id})
+        return "duplicate", seen.outcome if seen is not None else IGNORED
