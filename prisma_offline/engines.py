@@ -81,6 +81,10 @@ def engine_env() -> dict[str, str]:
     return offline_env()
 
 
+class GenerateError(RuntimeError):
+    """`prisma generate` failed; the message carries the CLI's own output."""
+
+
 def generate(schema: Path, *, env: Mapping[str, str] | None = None) -> None:
     """Run ``prisma generate`` for ``schema``, raising with the CLI's own output on failure."""
     result = subprocess.run(
@@ -92,4 +96,4 @@ def generate(schema: Path, *, env: Mapping[str, str] | None = None) -> None:
         text=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"prisma generate failed for {schema}:\n{result.stdout}{result.stderr}")
+        raise GenerateError(f"prisma generate failed for {schema}:\n{result.stdout}{result.stderr}")
