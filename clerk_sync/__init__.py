@@ -6,7 +6,7 @@ from dotenv import load_dotenv
 from flask import Flask
 from flask_cors import CORS
 
-from . import clerk, db, errors
+from . import clerk, cli, db, errors, request_log
 from .config import Settings
 
 
@@ -16,13 +16,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         load_dotenv()
         settings = Settings.from_env()
 
+    request_log.configure_logging()
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     errors.init_app(app)
+    request_log.init_app(app)
     db.init_app(app, settings.database_url)
     clerk.init_app(app, settings)
+    cli.init_app(app)
 
     from .views import after_login, health, webhooks
 

@@ -46,8 +46,9 @@ def clerk_webhook() -> ResponseReturnValue:
     msg_id = request.headers.get("svix-id", "")
     try:
         webhook.verify(body, {name: request.headers.get(name, "") for name in _SVIX_HEADERS})
-    except (WebhookVerificationError, ValueError):
+    except (WebhookVerificationError, ValueError) as exc:
         # svix raises plain ValueError (and binascii.Error) for some malformed headers.
+        log.warning("webhook %s rejected: signature not verified (%s)", msg_id[:128], type(exc).__name__)
         raise ApiError(400, "invalid_signature", "The webhook signature could not be verified.") from None
 
     event_type, apply = _parse_event(body, msg_id)

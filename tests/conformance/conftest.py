@@ -31,10 +31,17 @@ def client_module() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def conformance_url(database_factory: Any) -> str:
+def conformance_url(
+    database_factory: Any, postgres_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """A database with the conformance schema, built by Prisma's own `migrate diff --from-empty`."""
+    ddl = migrations.diff_script(
+        schema=SCHEMA, migrations_dir=tmp_path_factory.mktemp("no-migrations"), server_url=postgres_server
+    )
+    assert ddl is not None
     url = database_factory("conformance")
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(migrations.schema_ddl(SCHEMA))  # type: ignore[arg-type]
+        conn.execute(ddl)  # type: ignore[arg-type]
     return url
 
 

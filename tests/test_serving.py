@@ -1,0 +1,162 @@
+"""The production server: gunicorn workers, their engines, SIGTERM, and the request log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET, sign_webhook
+from tests.fakeclerk import FakeClerk
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> set[int]:
+    """Direct children of `pid`, read from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may contain spaces; the parent pid is the second field after it.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+    log_path: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+
+@pytest.fixture
+def gunicorn(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> Iterator[Server]:
+    port = _free_port()
+    log_path = tmp_path / "server.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": app_database_url,
+        "CLERK_API_URL": fake_clerk.url,
+        "CLERK_SECRET_KEY": fake_clerk.secret_key,
+        "CLERK_AUTHORIZED_PARTIES": FRONTEND_ORIGIN,
+        "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+    }
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"gunicorn did not come up:\n{log_path.read_text()}")
+        time.sleep(0.2)
+    yield server
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _engine_pids(master: int) -> set[int]:
+    """The query engines: children of the master's worker processes."""
+    return {engine for worker in _children(master) for engine in _children(worker)}
+
+
+def test_each_worker_owns_an_engine_and_sigterm_leaves_none(gunicorn: Server, db: object) -> None:
+    workers = _children(gunicorn.process.pid)
+    assert len(workers) == 2
+    deadline = time.monotonic() + 30
+    while len(_engine_pids(gunicorn.process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    engines = _engine_pids(gunicorn.process.pid)
+    assert len(engines) == 2, "one engine per worker, started after fork"
+    assert all(len(_children(worker)) == 1 for worker in workers)
+
+    gunicorn.process.send_signal(signal.SIGTERM)
+    assert gunicorn.process.wait(timeout=30) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in engines | workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in engines | workers if _alive(pid)], "no worker or engine outlives the server"
+
+
+def test_request_log_is_one_json_line_per_request_without_secrets(
+    gunicorn: Server, fake_clerk: FakeClerk, db: object
+) -> None:
+    fake_clerk.add_user("user_served", email="served@example.com")
+    token = fake_clerk.mint_token("user_served")
+    with httpx.Client(base_url=gunicorn.url, timeout=30) as http:
+        assert (
+            http.post("/after-login?token=" + token, headers={"Authorization": f"Bearer {token}"}).status_code
+            == 200
+        )
+        body = json.dumps({"type": "user.updated", "data": {"id": "user_served"}})
+        headers = sign_webhook(body)
+        assert http.post("/webhooks/clerk", content=body + " ", headers=headers).status_code == 400
+    gunicorn.process.send_signal(signal.SIGTERM)
+    gunicorn.process.wait(timeout=30)
+
+    text = gunicorn.log_path.read_text()
+    for secret in (token, headers["svix-signature"], WEBHOOK_SECRET, fake_clerk.secret_key):
+        assert secret not in text
+    requests = [
+        json.loads(line)
+        for line in text.splitlines()
+        if line.startswith("{") and '"event": "request"' in line
+    ]
+    by_path = {(r["method"], r["path"], r["status"]) for r in requests}
+    assert ("POST", "/after-login", 200) in by_path
+    assert ("POST", "/webhooks/clerk", 400) in by_path
+    assert all(r["duration_ms"] >= 0 and r["request_id"] for r in requests)
+    assert sum(r["path"] == "/after-login" for r in requests) == 1
