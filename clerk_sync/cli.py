@@ -30,7 +30,7 @@ from .clerk.api import MAX_PAGE_SIZE, ClerkAPI, ClerkAPIError, ClerkUnavailable,
 from .clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user
 from .db import UNAVAILABLE_ERRORS, get_db
 from .errors import ApiError
-from .sync import SyncOutcome, sync_user_with_database
+from .sync import SyncOutcome, judge_snapshot, sync_user_with_database
 
 T = TypeVar("T")
 
@@ -311,14 +311,15 @@ def predict_outcome(db: Prisma, user: ClerkUser, planned: dict[str, datetime]) -
     the stored `clerkUpdatedAt`. Records in `planned` what a real run would have written.
     """
     stored = db.user.find_unique(where={"clerkId": user.id})
-    if stored is not None and stored.deletedAt is not None:
-        return SyncOutcome.IGNORED_DELETED
-    version = planned.get(user.id, stored.clerkUpdatedAt if stored is not None else None)
-    if version is not None and version >= user.updated_at_datetime:
-        return SyncOutcome.UNCHANGED
-    exists = stored is not None or user.id in planned
-    planned[user.id] = user.updated_at_datetime
-    return SyncOutcome.UPDATED if exists else SyncOutcome.CREATED
+    outcome, _ = judge_snapshot(
+        exists=stored is not None or user.id in planned,
+        deleted=stored is not None and stored.deletedAt is not None,
+        stored_version=planned.get(user.id, stored.clerkUpdatedAt if stored is not None else None),
+        incoming=user.updated_at_datetime,
+    )
+    if outcome in (SyncOutcome.CREATED, SyncOutcome.UPDATED):
+        planned[user.id] = user.updated_at_datetime
+    return outcome
 
 
 def resume_command(offset: int, page_size: int, dry_run: bool) -> str:

@@ -97,16 +97,34 @@ def delete_user_from_database(
         return apply_deletion(tx, clerk_id, at=at)
 
 
+def judge_snapshot(
+    *, exists: bool, deleted: bool, stored_version: datetime | None, incoming: datetime
+) -> tuple[SyncOutcome, str]:
+    """What storing a snapshot with version `incoming` does to a row; pure, so a dry run can ask too.
+
+    Returns the outcome and, for `unchanged`, why: "identical" or "stale".
+    """
+    if not exists:
+        return SyncOutcome.CREATED, ""
+    if deleted:
+        return SyncOutcome.IGNORED_DELETED, "deleted"
+    if stored_version is not None and stored_version >= incoming:
+        return SyncOutcome.UNCHANGED, "identical" if stored_version == incoming else "stale"
+    return SyncOutcome.UPDATED, ""
+
+
 def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:
     """`sync_user_with_database` inside a transaction the caller owns."""
     lock_user(tx, user.id)
     stored = tx.user.find_unique(where={"clerkId": user.id})
-    if stored is not None:
-        if stored.deletedAt is not None:
-            return SyncResult(SyncOutcome.IGNORED_DELETED, stored, "deleted")
-        if stored.clerkUpdatedAt is not None and stored.clerkUpdatedAt >= user.updated_at_datetime:
-            reason = "identical" if stored.clerkUpdatedAt == user.updated_at_datetime else "stale"
-            return SyncResult(SyncOutcome.UNCHANGED, stored, reason)
+    outcome, reason = judge_snapshot(
+        exists=stored is not None,
+        deleted=stored is not None and stored.deletedAt is not None,
+        stored_version=stored.clerkUpdatedAt if stored is not None else None,
+        incoming=user.updated_at_datetime,
+    )
+    if stored is not None and outcome in (SyncOutcome.UNCHANGED, SyncOutcome.IGNORED_DELETED):
+        return SyncResult(outcome, stored, reason)
     fields = {
         "email": user.email,
         "firstName": user.first_name,
@@ -119,7 +137,7 @@ def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:
         where={"clerkId": user.id},
         data={"create": {"clerkId": user.id, **fields}, "update": fields},
     )
-    return SyncResult(SyncOutcome.CREATED if stored is None else SyncOutcome.UPDATED, row)
+    return SyncResult(outcome, row)
 
 
 def apply_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> SyncResult:

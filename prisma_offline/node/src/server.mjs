@@ -106,11 +106,13 @@ export async function startServer({ port, env = process.env }) {
       return runOne(body.query, txId);
     },
     'POST /transaction/start': async (body) => {
-      return engine.startTransaction({
+      const answer = await engine.startTransaction({
         max_wait: body.max_wait ?? 2000,
         timeout: body.timeout ?? 5000,
         isolation_level: body.isolation_level ?? null,
       });
+      // A failed start (say, the database is down) comes back as a bare user-facing error.
+      return answer.error_code ? asErrors(answer) : answer;
     },
   };
 
@@ -142,8 +144,7 @@ export async function startServer({ port, env = process.env }) {
     if (!engine.knowsTransaction(id)) return transactionNotFound(id);
     const answer = await engine.endTransaction(id, how);
     // The engine answers a failed commit or rollback with a bare user-facing error.
-    if (answer.error_code) return { errors: [{ error: answer.message, user_facing_error: answer }] };
-    return answer;
+    return answer.error_code ? asErrors(answer) : answer;
   };
 
   const route = async (req, body) => {
@@ -211,6 +212,10 @@ export async function startServer({ port, env = process.env }) {
     process.exit(0);
   };
   return { shutdown };
+}
+
+function asErrors(userFacingError) {
+  return { errors: [{ error: userFacingError.message, user_facing_error: userFacingError }] };
 }
 
 function transactionNotFound(id) {
