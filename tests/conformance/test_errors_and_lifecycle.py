@@ -91,3 +91,20 @@ def test_engine_panic_fails_the_request_and_the_engine_recovers(
         fresh_client._engine.request("POST", "/debug/panic")
     assert fresh_client.author.count() >= 0
     assert _engine_pid(fresh_client) == pid  # recovered in place, not restarted by the client
+
+
+def test_unreachable_database_is_a_prisma_error_everywhere(client_module: Any) -> None:
+    # Nothing listens on port 1: queries, batches and transaction starts must all raise the client's errors.
+    client = client_module.Prisma(
+        datasource={"url": "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"}
+    )
+    client.connect()
+    try:
+        with pytest.raises(client_module.errors.PrismaError):
+            client.author.count()
+        with pytest.raises(client_module.errors.PrismaError):
+            client.tx().start()
+        with pytest.raises(client_module.errors.PrismaError), client.batch_() as batch:
+            batch.author.create(data={"email": "x@example.com"})
+    finally:
+        client.disconnect()
