@@ -146,7 +146,12 @@ def apply_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> 
     stored = tx.user.find_unique(where={"clerkId": clerk_id})
     if stored is not None and stored.deletedAt is not None:
         return SyncResult(SyncOutcome.UNCHANGED, stored, "already deleted")
-    tombstone = {"deletedAt": at or datetime.now(UTC), **dict.fromkeys(_PERSONAL_FIELDS)}
+    # The version goes too: a tombstone is the same row whether or not a snapshot came first.
+    tombstone = {
+        "deletedAt": at or datetime.now(UTC),
+        "clerkUpdatedAt": None,
+        **dict.fromkeys(_PERSONAL_FIELDS),
+    }
     row = tx.user.upsert(
         where={"clerkId": clerk_id},
         data={"create": {"clerkId": clerk_id, **tombstone}, "update": tombstone},

@@ -7,6 +7,7 @@ builds them, by parsing Clerk-shaped user objects with `parse_clerk_user`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.queues
@@ -494,7 +495,8 @@ def test_failed_transaction_writes_nothing(db: Prisma) -> None:
 
     clerk_id = new_clerk_id()
     # PostgreSQL text cannot hold NUL bytes, so the upsert fails inside the transaction.
-    bad = snapshot(clerk_id, BASE_VERSION, first_name="nul\x00byte")
+    # (parse_clerk_user refuses such text; built directly, the write itself must fail cleanly.)
+    bad = dataclasses.replace(snapshot(clerk_id, BASE_VERSION), first_name="nul\x00byte")
     with pytest.raises(PrismaError):
         sync_user_with_database(bad, db)
     assert read(db, clerk_id) is None

@@ -87,13 +87,28 @@ def _require_id(user: Mapping[str, Any]) -> str:
     user_id = user.get("id")
     if not isinstance(user_id, str) or not user_id:
         raise InvalidClerkUser(f"a Clerk user needs a non-empty string 'id', got {user_id!r}")
-    return user_id
+    return require_storable(user_id, "id")
 
 
 def _optional_str(data: Mapping[str, Any], field: str) -> str | None:
     value = data.get(field)
     if value is not None and not isinstance(value, str):
         raise InvalidClerkUser(f"'{field}' must be a string or null, got {type(value).__name__}")
+    return value if value is None else require_storable(value, field)
+
+
+def require_storable(value: str, field: str) -> str:
+    """`value`, if PostgreSQL can store it as text: no NUL character, valid UTF-8 (no lone surrogates).
+
+    JSON allows both (as escapes), and either would fail the write itself, too late to
+    answer anything but an error the sender would retry forever.
+    """
+    if "\x00" in value:
+        raise InvalidClerkUser(f"'{field}' contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidClerkUser(f"'{field}' is not valid Unicode text") from None
     return value
 
 
@@ -126,5 +141,5 @@ def _primary_email(user: Mapping[str, Any]) -> str | None:
             email = address.get("email_address")
             if not isinstance(email, str):
                 raise InvalidClerkUser("the primary email address has no string 'email_address'")
-            return email
+            return require_storable(email, "email_address")
     return None

@@ -24,7 +24,13 @@ from prisma import Prisma
 from prisma.errors import UniqueViolationError
 from svix.webhooks import Webhook, WebhookVerificationError
 
-from ..clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user, parse_deleted_user_id
+from ..clerk.users import (
+    ClerkUser,
+    InvalidClerkUser,
+    parse_clerk_user,
+    parse_deleted_user_id,
+    require_storable,
+)
 from ..config import Settings
 from ..db import UNAVAILABLE_ERRORS, get_db
 from ..errors import ApiError
@@ -92,13 +98,15 @@ def _parse_event(body: bytes, msg_id: str) -> tuple[str, Any]:
     """The event type and how to apply it; parsed before any transaction opens."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise _unusable(msg_id, "not JSON") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("type"), str) or not payload["type"]:
         raise _unusable(msg_id, "no event type")
     event_type: str = payload["type"]
     data = payload.get("data")
     try:
+        require_storable(msg_id, "svix-id")
+        require_storable(event_type, "type")
         if event_type in SNAPSHOT_EVENTS:
             user: ClerkUser = parse_clerk_user(data)
             return event_type, lambda tx: apply_snapshot(tx, user)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import time
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 
@@ -108,3 +110,23 @@ def test_unreachable_database_is_a_prisma_error_everywhere(client_module: Any) -
             batch.author.create(data={"email": "x@example.com"})
     finally:
         client.disconnect()
+
+
+def test_engine_panic_releases_the_locks_of_open_transactions(
+    fresh_client: Any, client_module: Any, conformance_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRISMA_OFFLINE_ENGINE_DEBUG", "1")
+    fresh_client.connect()
+    tx = fresh_client.tx(timeout=datetime.timedelta(seconds=60)).start()
+    tx.execute_raw("SELECT pg_advisory_xact_lock(4242)")
+    with pytest.raises(client_module.errors.DataError, match="panicked"):
+        fresh_client._engine.request("POST", "/debug/panic")
+
+    # The transaction died with the wasm instance; PostgreSQL must not keep its lock for it.
+    with psycopg.connect(conformance_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        while not conn.execute("SELECT pg_try_advisory_lock(4242)").fetchone()[0]:
+            assert time.monotonic() < deadline, "the dead transaction still holds its lock"
+            time.sleep(0.05)
+    with pytest.raises(client_module.errors.TransactionError):
+        tx.author.count()

@@ -104,9 +104,14 @@ export class WasmEngine {
   }
 
   async restart() {
+    // The dead instance never releases the connections it holds, so ending its pool
+    // would wait forever, and an open transaction would keep its locks. Closing every
+    // connection makes PostgreSQL roll those transactions back. (`_clients` is
+    // node-postgres's list of a pool's connections; pg is pinned.)
     const pool = this.pool;
     this.pool = undefined;
-    await pool?.end().catch(() => {});
+    for (const client of pool?._clients ?? []) client.end().catch(() => {});
+    pool?.end().catch(() => {});
     await this.start();
   }
 

@@ -1,0 +1,139 @@
+"""A small TCP proxy that tests can cut, to simulate a database outage for real.
+
+The app under test connects to the proxy as if it were PostgreSQL; `cut()` kills
+every live connection (both directions) and resets new ones on arrival until
+`restore()`. No client library is patched: the driver sees genuine socket errors.
+
+    with TcpProxy(("127.0.0.1", 5432)) as proxy:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/db"
+        proxy.cut()
+        proxy.restore()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+
+__all__ = ["TcpProxy"]
+
+_CHUNK = 64 * 1024
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with a TCP reset, so the peer fails at once instead of waiting for a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class _Link:
+    """One proxied connection: the client's socket and ours to the target."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            _abort(self.client)
+            _abort(self.upstream)
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to `target`, one pair of threads per connection."""
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        self._links: set[_Link] = set()
+        self._cut = False
+        self._stopping = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, name="tcpproxy-accept", daemon=True)
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        return self
+
+    @property
+    def live_connections(self) -> int:
+        with self._lock:
+            return len(self._links)
+
+    def cut(self) -> None:
+        """Drop every live connection and reset new ones until `restore()`."""
+        with self._lock:
+            self._cut = True
+            links, self._links = self._links, set()
+        for link in links:
+            link.close()
+
+    def restore(self) -> None:
+        """Forward new connections again."""
+        with self._lock:
+            self._cut = False
+
+    def close(self) -> None:
+        self._stopping.set()
+        self.cut()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._listener.close()
+
+    # -- serving ------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            with self._lock:
+                refuse = self._cut
+            if refuse:
+                _abort(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _abort(client)
+                continue
+            link = _Link(client, upstream)
+            with self._lock:
+                if self._cut:  # cut while we were connecting
+                    link.close()
+                    continue
+                self._links.add(link)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(link, source, sink), daemon=True).start()
+
+    def _pump(self, link: _Link, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(_CHUNK):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._links.discard(link)
+            link.close()
