@@ -81,18 +81,24 @@ export async function startServer({ port, env = process.env }) {
   process.on('uncaughtException', onPanic);
   process.on('unhandledRejection', onPanic);
 
-  const runOne = async (query, txId) => {
-    let translated;
+  // Queries are translated before any reaches the engine: a query it can't run is an
+  // error answer, never a request that might make the wasm instance panic.
+  const translateAll = (queries) => {
     try {
-      translated = translateQuery(schema, query);
+      return { translated: queries.map((query) => translateQuery(schema, query)) };
     } catch (error) {
       if (error instanceof TranslationError || error instanceof GraphQLSyntaxError) {
         return { errors: [engineError(`the offline query engine cannot run this query: ${error.message}`)] };
       }
       throw error;
     }
-    const answer = JSON.parse(await engine.query(stringify(translated.request), txId));
-    return translateResult(answer, translated);
+  };
+
+  const runOne = async (query, txId) => {
+    const { translated, errors } = translateAll([query]);
+    if (errors) return { errors };
+    const answer = JSON.parse(await engine.query(stringify(translated[0].request), txId));
+    return translateResult(answer, translated[0]);
   };
 
   const handlers = {
@@ -122,17 +128,8 @@ export async function startServer({ port, env = process.env }) {
   }
 
   const runBatch = async (body, txId) => {
-    const translated = [];
-    for (const item of body.batch) {
-      try {
-        translated.push(translateQuery(schema, item.query));
-      } catch (error) {
-        if (error instanceof TranslationError || error instanceof GraphQLSyntaxError) {
-          return { errors: [engineError(`the offline query engine cannot run this query: ${error.message}`)] };
-        }
-        throw error;
-      }
-    }
+    const { translated, errors } = translateAll(body.batch.map((item) => item?.query));
+    if (errors) return { errors };
     const request = { batch: translated.map((t) => t.request) };
     if (body.transaction) request.transaction = { isolationLevel: body.transaction.isolationLevel ?? null };
     const answer = JSON.parse(await engine.query(stringify(request), txId));
