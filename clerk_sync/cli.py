@@ -152,14 +152,16 @@ def require_api() -> ClerkAPI:
 
 
 class Progress:
-    """A running count on stderr. Clerk's list endpoint gives no total, so there is no bar to fill.
+    """A progress bar on stderr, over Clerk's user count when it has one, else a running count.
 
     On a terminal one line is rewritten in place; elsewhere (logs, CI) each page gets a line.
     """
 
+    BAR_WIDTH = 30
     _current: Progress | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, total: int | None = None) -> None:
+        self._total = total
         self._live = sys.stderr.isatty()
         self._dirty = False
 
@@ -170,17 +172,24 @@ class Progress:
         return cls._current
 
     @classmethod
-    def start(cls) -> Progress:
-        cls._current = Progress()
+    def start(cls, total: int | None) -> Progress:
+        cls._current = Progress(total)
         return cls._current
 
     def page_done(self, next_offset: int, tally: Tally) -> None:
-        line = f"{tally.total} users processed, next offset {next_offset}: {tally.describe()}"
+        position = f"{next_offset}/{self._total}" if self._total else f"{next_offset}"
+        line = f"{self.bar(next_offset)}{position} listed, {tally.total} processed: {tally.describe()}"
         if self._live:
             click.echo("\r\x1b[2K" + line, err=True, nl=False)
             self._dirty = True
         else:
             click.echo(line, err=True)
+
+    def bar(self, done: int) -> str:
+        if not self._total:
+            return ""
+        filled = min(self.BAR_WIDTH, done * self.BAR_WIDTH // self._total)
+        return f"[{'#' * filled}{'-' * (self.BAR_WIDTH - filled)}] "
 
     def interrupt_line(self) -> None:
         """End the in-place line so a message printed next starts on its own line."""
@@ -197,11 +206,7 @@ class Tally:
     """Outcome counts of a run; `dry_run` only changes how they are labelled."""
 
     dry_run: bool = False
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            ["created", "updated", "unchanged", "deleted-skipped", FAILED], 0
-        )
-    )
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TALLY_LABELS, 0))
 
     def add(self, label: str) -> None:
         self.counts[label] += 1
@@ -322,6 +327,14 @@ def predict_outcome(db: Prisma, user: ClerkUser, planned: dict[str, datetime]) -
     return outcome
 
 
+def user_count(api: ClerkAPI) -> int | None:
+    """Clerk's user count, for the progress bar; None (a plain count) if Clerk won't say."""
+    try:
+        return api.count_users()
+    except ClerkAPIError:
+        return None
+
+
 def resume_command(offset: int, page_size: int, dry_run: bool) -> str:
     parts = ["flask clerk backfill", f"--offset {offset}"]
     if page_size != DEFAULT_PAGE_SIZE:
@@ -387,7 +400,7 @@ def backfill(
         offset=offset,
         dry_run=dry_run,
         tally=tally,
-        progress=Progress.start(),
+        progress=Progress.start(user_count(api)),
     )
     code = 0
     try:

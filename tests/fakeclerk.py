@@ -38,7 +38,7 @@ DEFAULT_SECRET_KEY = "sk_test_fakeclerk_0123456789"
 DEFAULT_AZP = "http://localhost:3000"
 ISSUER = "https://clerk.fake.test"
 
-PathFamily = Literal["users", "jwks"]
+PathFamily = Literal["users", "jwks", "count"]
 _RSA_HASHES = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512}
 _GARBLED_BODY = b'{"id": "user_\xff\xfe<html>502 Bad Gateway'
 
@@ -410,6 +410,10 @@ class FakeClerk:
             request.send_json(200, self.jwks())
         elif split.path == "/v1/users":
             self._list_users(request, parse_qs(split.query))
+        elif split.path == "/v1/users/count":
+            with self._lock:
+                total = len(self._users)
+            request.send_json(200, {"object": "total_count", "total_count": total})
         elif split.path.startswith("/v1/users/") and "/" not in split.path.removeprefix("/v1/users/"):
             self._get_user(request, unquote(split.path.removeprefix("/v1/users/")))
         else:
@@ -499,6 +503,8 @@ def _pooled_key(index: int) -> rsa.RSAPrivateKey:
 def _family(path: str) -> PathFamily | None:
     if path == "/v1/jwks":
         return "jwks"
+    if path == "/v1/users/count":
+        return "count"
     if path == "/v1/users" or path.startswith("/v1/users/"):
         return "users"
     return None

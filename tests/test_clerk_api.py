@@ -261,3 +261,15 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
 
 def test_parse_retry_after_http_date_is_relative_to_now() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+
+
+def test_count_users_reads_clerks_total(fake: FakeClerk, api: ClerkAPI) -> None:
+    before = api.count_users()
+    fake.add_user(f"user_count_{before}")
+    assert api.count_users() == before + 1
+
+
+def test_count_users_of_an_unexpected_shape_is_unavailable(fake: FakeClerk, api: ClerkAPI) -> None:
+    fake.respond_with({"total_count": "many"}, on="count")
+    with pytest.raises(ClerkUnavailable):
+        api.count_users()

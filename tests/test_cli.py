@@ -158,7 +158,8 @@ def test_backfill_imports_every_user_page_by_page(clerk_app: Flask, clerk: FakeC
     }
     assert list_requests(clerk) == [("10", "0"), ("10", "10"), ("10", "20")]
     assert all(r.authorized for r in clerk.requests)
-    assert "23 users processed, next offset 23" in result.stderr
+    # Clerk's user count gives the progress bar its length.
+    assert "[##############################] 23/23 listed, 23 processed" in result.stderr
     assert_no_secrets(result.output, clerk)
 
 
@@ -220,7 +221,7 @@ def test_dry_run_writes_nothing_and_predicts_the_real_run(
     clerk.add_user(f"{ids[0]}_bad", first_name=123)
     expected = counts(created=3, updated=1, unchanged=1, deleted=1, failed=1)
     before = stored_rows(db)
-    requests_before = len(clerk.requests)
+    pages_before = len(list_requests(clerk))
 
     dry = invoke(clerk_app, "backfill", "--dry-run", "--page-size", "2")
 
@@ -229,7 +230,7 @@ def test_dry_run_writes_nothing_and_predicts_the_real_run(
     assert "would create 3, would update 1" in dry.stdout
     assert summary(dry) == expected
     assert stored_rows(db) == before
-    assert len(clerk.requests) - requests_before == 4  # 7 users in pages of 2
+    assert len(list_requests(clerk)) - pages_before == 4  # 7 users in pages of 2
 
     real = invoke(clerk_app, "backfill", "--page-size", "2")
 
@@ -492,3 +493,16 @@ def test_commands_need_the_clerk_secret_key(db: Prisma, app_database_url: str) -
     for result in (backfill, sync_user):
         assert result.exit_code == 1
         assert "Error: CLERK_SECRET_KEY is not set" in result.stderr
+
+
+def test_backfill_without_a_user_count_shows_a_plain_count(
+    clerk_app: Flask, clerk: FakeClerk, db: Prisma
+) -> None:
+    add_users(clerk, 3)
+    clerk.fail_with(500, on="count")
+
+    result = invoke(clerk_app, "backfill", "--page-size", "2")
+
+    assert result.exit_code == 0, result.output
+    assert summary(result) == counts(created=3)
+    assert "3 listed, 3 processed" in result.stderr and "[#" not in result.stderr

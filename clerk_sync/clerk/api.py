@@ -109,6 +109,14 @@ class ClerkAPI:
             raise ClerkUnavailable("Clerk returned a user list of an unexpected shape", status_code=200)
         return users
 
+    def count_users(self) -> int:
+        """How many users the instance has (`GET /v1/users/count`)."""
+        body = self._json(self._get("/v1/users/count"))
+        total = body.get("total_count") if isinstance(body, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            raise ClerkUnavailable("Clerk returned a user count of an unexpected shape", status_code=200)
+        return total
+
     def get_jwks(self) -> dict[str, Any]:
         """The instance's JSON Web Key Set, used to verify session tokens."""
         body = self._json(self._get("/v1/jwks"))
