@@ -30,6 +30,10 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Longer than sync.TRANSACTION_TIMEOUT, after which the engine gives up by itself.
+ENGINE_REQUEST_TIMEOUT = 20.0
+
+
 class Database:
     """Owns this process's Prisma client."""
 
@@ -53,7 +57,12 @@ class Database:
                 log.warning("prisma query engine exited; reconnecting")
                 self._disconnect()
             if self._client is None:
-                client = Prisma(datasource={"url": self._url}, connect_timeout=self._connect_timeout)
+                client = Prisma(
+                    datasource={"url": self._url},
+                    connect_timeout=self._connect_timeout,
+                    # httpx's 5 s default is shorter than a write may queue for its user's lock.
+                    http={"timeout": ENGINE_REQUEST_TIMEOUT},
+                )
                 client.connect()
                 self._client, self._pid = client, os.getpid()
             return self._client
