@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from prisma import Prisma
+from prisma import Batch, Prisma
 from prisma.models import User
 
 from .clerk.users import ClerkUser
@@ -113,8 +114,33 @@ def judge_snapshot(
     return SyncOutcome.UPDATED, ""
 
 
-def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:
-    """`sync_user_with_database` inside a transaction the caller owns."""
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a sync decided under its user's lock, and the upsert that carries it out, if any.
+
+    Splitting the decision from the write lets a caller put the write in a batch
+    with its own (the webhook's delivery record): one engine round trip for both.
+    """
+
+    outcome: SyncOutcome
+    stored: User | None
+    clerk_id: str
+    reason: str = ""
+    fields: dict[str, Any] | None = None
+    """The columns to upsert; None when the plan writes nothing."""
+
+    def write(self, writer: Prisma | Batch) -> User | None:
+        """Run the upsert through a transaction client (returns the row) or a batch (returns None)."""
+        if self.fields is None:
+            return None
+        return writer.user.upsert(
+            where={"clerkId": self.clerk_id},
+            data={"create": {"clerkId": self.clerk_id, **self.fields}, "update": self.fields},
+        )
+
+
+def plan_snapshot(tx: Prisma, user: ClerkUser) -> Plan:
+    """Lock the user and decide what storing `user` does; writes nothing yet."""
     lock_user(tx, user.id)
     stored = tx.user.find_unique(where={"clerkId": user.id})
     outcome, reason = judge_snapshot(
@@ -123,8 +149,8 @@ def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:
         stored_version=stored.clerkUpdatedAt if stored is not None else None,
         incoming=user.updated_at_datetime,
     )
-    if stored is not None and outcome in (SyncOutcome.UNCHANGED, SyncOutcome.IGNORED_DELETED):
-        return SyncResult(outcome, stored, reason)
+    if outcome not in (SyncOutcome.CREATED, SyncOutcome.UPDATED):
+        return Plan(outcome, stored, user.id, reason)
     fields = {
         "email": user.email,
         "firstName": user.first_name,
@@ -133,27 +159,36 @@ def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:
         "imageUrl": user.image_url,
         "clerkUpdatedAt": user.updated_at_datetime,
     }
-    row = tx.user.upsert(
-        where={"clerkId": user.id},
-        data={"create": {"clerkId": user.id, **fields}, "update": fields},
-    )
-    return SyncResult(outcome, row)
+    return Plan(outcome, stored, user.id, fields=fields)
 
 
-def apply_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> SyncResult:
-    """`delete_user_from_database` inside a transaction the caller owns."""
+def plan_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> Plan:
+    """Lock the user and decide what deleting it does; writes nothing yet."""
     lock_user(tx, clerk_id)
     stored = tx.user.find_unique(where={"clerkId": clerk_id})
     if stored is not None and stored.deletedAt is not None:
-        return SyncResult(SyncOutcome.UNCHANGED, stored, "already deleted")
+        return Plan(SyncOutcome.UNCHANGED, stored, clerk_id, "already deleted")
     # The version goes too: a tombstone is the same row whether or not a snapshot came first.
     tombstone = {
         "deletedAt": at or datetime.now(UTC),
         "clerkUpdatedAt": None,
         **dict.fromkeys(_PERSONAL_FIELDS),
     }
-    row = tx.user.upsert(
-        where={"clerkId": clerk_id},
-        data={"create": {"clerkId": clerk_id, **tombstone}, "update": tombstone},
-    )
-    return SyncResult(SyncOutcome.DELETED, row)
+    return Plan(SyncOutcome.DELETED, stored, clerk_id, fields=tombstone)
+
+
+def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:
+    """`sync_user_with_database` inside a transaction the caller owns."""
+    return _apply(tx, plan_snapshot(tx, user))
+
+
+def apply_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> SyncResult:
+    """`delete_user_from_database` inside a transaction the caller owns."""
+    return _apply(tx, plan_deletion(tx, clerk_id, at=at))
+
+
+def _apply(tx: Prisma, plan: Plan) -> SyncResult:
+    row = plan.write(tx)
+    stored = row if row is not None else plan.stored
+    assert stored is not None, "a plan that writes nothing has a stored row"
+    return SyncResult(plan.outcome, stored, plan.reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from prisma import Prisma
 from prisma.errors import UniqueViolationError
+from prisma.types import WebhookDeliveryCreateInput
 from svix.webhooks import Webhook, WebhookVerificationError
 
 from ..clerk.users import (
@@ -34,7 +36,7 @@ from ..clerk.users import (
 from ..config import Settings
 from ..db import UNAVAILABLE_ERRORS, get_db
 from ..errors import ApiError
-from ..sync import apply_deletion, apply_snapshot, transaction
+from ..sync import Plan, plan_deletion, plan_snapshot, transaction
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -42,6 +44,8 @@ bp = Blueprint("webhooks", __name__)
 SNAPSHOT_EVENTS = frozenset({"user.created", "user.updated"})
 DELETE_EVENT = "user.deleted"
 IGNORED = "ignored"
+
+Planner = Callable[[Prisma], Plan]
 
 
 @bp.post("/webhooks/clerk")
@@ -57,9 +61,9 @@ def clerk_webhook() -> ResponseReturnValue:
         log.warning("webhook %s rejected: signature not verified (%s)", msg_id[:128], type(exc).__name__)
         raise ApiError(400, "invalid_signature", "The webhook signature could not be verified.") from None
 
-    event_type, apply = _parse_event(body, msg_id)
+    event_type, plan = _parse_event(body, msg_id)
     try:
-        status, outcome = _process(get_db(), msg_id, event_type, apply)
+        status, outcome = _process(get_db(), msg_id, event_type, plan)
     except UNAVAILABLE_ERRORS:
         log.warning("webhook %s (%s) not applied: database unavailable", msg_id, event_type, exc_info=True)
         raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
@@ -94,8 +98,8 @@ def _unusable(msg_id: str, reason: str) -> ApiError:
     return ApiError(400, "invalid_payload", f"The webhook payload is unusable: {reason}.")
 
 
-def _parse_event(body: bytes, msg_id: str) -> tuple[str, Any]:
-    """The event type and how to apply it; parsed before any transaction opens."""
+def _parse_event(body: bytes, msg_id: str) -> tuple[str, Planner | None]:
+    """The event type and how to plan its write (None: ignored); parsed before any transaction opens."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
@@ -109,11 +113,11 @@ def _parse_event(body: bytes, msg_id: str) -> tuple[str, Any]:
         require_storable(event_type, "type")
         if event_type in SNAPSHOT_EVENTS:
             user: ClerkUser = parse_clerk_user(data)
-            return event_type, lambda tx: apply_snapshot(tx, user)
+            return event_type, lambda tx: plan_snapshot(tx, user)
         if event_type == DELETE_EVENT:
             clerk_id = parse_deleted_user_id(data)
             at = _event_time(payload)
-            return event_type, lambda tx: apply_deletion(tx, clerk_id, at=at)
+            return event_type, lambda tx: plan_deletion(tx, clerk_id, at=at)
     except InvalidClerkUser as exc:
         raise _unusable(msg_id, str(exc)) from None
     return event_type, None
@@ -127,25 +131,30 @@ def _event_time(payload: dict[str, Any]) -> datetime | None:
     return None
 
 
-def _process(db: Prisma, msg_id: str, event_type: str, apply: Any) -> tuple[str, str]:
-    """Apply once: returns ("processed", outcome) or ("duplicate", outcome of the first delivery)."""
+def _process(db: Prisma, msg_id: str, event_type: str, plan: Planner | None) -> tuple[str, str]:
+    """Apply once: returns ("processed", outcome) or ("duplicate", outcome of the first delivery).
+
+    The delivery record goes in one batch with the user's upsert, after the
+    decision made under the user's lock: if the message was already applied, the
+    record's primary key refuses it and the whole transaction rolls back. There is
+    no separate look-up first, so a new message costs no extra round trip.
+    """
     try:
+        if plan is None:
+            db.webhookdelivery.create(data=_delivery(msg_id, event_type, None, IGNORED))
+            return "processed", IGNORED
         with transaction(db) as tx:
-            seen = tx.webhookdelivery.find_unique(where={"svixId": msg_id})
-            if seen is not None:
-                return "duplicate", seen.outcome
-            result = apply(tx) if apply is not None else None
-            outcome = result.outcome.value if result is not None else IGNORED
-            tx.webhookdelivery.create(
-                data={
-                    "svixId": msg_id,
-                    "eventType": event_type,
-                    "clerkUserId": result.user.clerkId if result is not None else None,
-                    "outcome": outcome,
-                }
-            )
+            decided = plan(tx)
+            outcome = decided.outcome.value
+            with tx.batch_() as batch:
+                decided.write(batch)
+                batch.webhookdelivery.create(data=_delivery(msg_id, event_type, decided.clerk_id, outcome))
             return "processed", outcome
     except UniqueViolationError:
-        # The same message, delivered twice at once: the other delivery committed first.
+        # Delivered before (or twice at once, and the other copy committed first).
         seen = db.webhookdelivery.find_unique(where={"svixId": msg_id})
         return "duplicate", seen.outcome if seen is not None else IGNORED
+
+
+def _delivery(msg_id: str, event_type: str, clerk_id: str | None, outcome: str) -> WebhookDeliveryCreateInput:
+    return {"svixId": msg_id, "eventType": event_type, "clerkUserId": clerk_id, "outcome": outcome}
