@@ -85,7 +85,6 @@ import os
 import pstats
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -109,6 +108,7 @@ from svix.webhooks import Webhook  # noqa: E402
 
 from prisma_offline import engines, localdb, migrations  # noqa: E402
 from tests.fakeclerk import DEFAULT_AZP, FakeClerk, build_clerk_user  # noqa: E402
+from tests.served import gunicorn_server  # noqa: E402
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"clerk-sync bench webhook secret!").decode()
 ENGINE_TIMING = ROOT / "bench" / "engine_timing.mjs"
@@ -161,12 +161,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def loadavg() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fake_user_id() -> str:
@@ -589,37 +583,9 @@ class Gunicorn:
 
 
 @contextlib.contextmanager
-def gunicorn_server(env: dict[str, str], log_path: Path) -> Iterator[Gunicorn]:
-    port = free_port()
-    env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
-    env.pop("BIND", None)
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = Gunicorn(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not come up:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def bench_gunicorn(env: dict[str, str], log_path: Path) -> Iterator[Gunicorn]:
+    with gunicorn_server(env, log_path) as served:
+        yield Gunicorn(served.process, served.url, served.log_path)
 
 
 @contextlib.contextmanager
@@ -1211,7 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
             CLERK_AUTHORIZED_PARTIES=DEFAULT_AZP,
             CLERK_WEBHOOK_SIGNING_SECRET=WEBHOOK_SECRET,
         )
-        server = stack.enter_context(gunicorn_server(env, tmp / "gunicorn.log"))
+        server = stack.enter_context(bench_gunicorn(env, tmp / "gunicorn.log"))
         meter = CpuMeter(server_url, db_name)
         meter.gunicorn_pid = server.process.pid
         meter.fakeclerk_pid = fake_pid

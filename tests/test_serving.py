@@ -5,12 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,14 +14,7 @@ import pytest
 
 from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET, sign_webhook
 from tests.fakeclerk import FakeClerk
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.served import Served, gunicorn_server
 
 
 def _children(pid: int) -> set[int]:
@@ -57,20 +46,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    url: str
-    log_path: Path
-
-    def log_lines(self) -> list[str]:
-        return self.log_path.read_text().splitlines()
-
-
 @pytest.fixture
-def gunicorn(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> Iterator[Server]:
-    port = _free_port()
-    log_path = tmp_path / "server.log"
+def gunicorn(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> Iterator[Served]:
     env = {
         **os.environ,
         "DATABASE_URL": app_database_url,
@@ -78,34 +55,10 @@ def gunicorn(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> It
         "CLERK_SECRET_KEY": fake_clerk.secret_key,
         "CLERK_AUTHORIZED_PARTIES": FRONTEND_ORIGIN,
         "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
-        "PORT": str(port),
         "WEB_CONCURRENCY": "2",
     }
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"gunicorn did not come up:\n{log_path.read_text()}")
-        time.sleep(0.2)
-    yield server
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with gunicorn_server(env, tmp_path / "server.log", startup_timeout=60) as server:
+        yield server
 
 
 def _engine_pids(master: int) -> set[int]:
@@ -113,7 +66,7 @@ def _engine_pids(master: int) -> set[int]:
     return {engine for worker in _children(master) for engine in _children(worker)}
 
 
-def test_each_worker_owns_an_engine_and_sigterm_leaves_none(gunicorn: Server, db: object) -> None:
+def test_each_worker_owns_an_engine_and_sigterm_leaves_none(gunicorn: Served, db: object) -> None:
     workers = _children(gunicorn.process.pid)
     assert len(workers) == 2
     deadline = time.monotonic() + 30
@@ -132,7 +85,7 @@ def test_each_worker_owns_an_engine_and_sigterm_leaves_none(gunicorn: Server, db
 
 
 def test_request_log_is_one_json_line_per_request_without_secrets(
-    gunicorn: Server, fake_clerk: FakeClerk, db: object
+    gunicorn: Served, fake_clerk: FakeClerk, db: object
 ) -> None:
     fake_clerk.add_user("user_served", email="served@example.com")
     token = fake_clerk.mint_token("user_served")
