@@ -3,8 +3,9 @@
 Svix delivers at least once and in no particular order. So each message is
 verified over the raw body, applied through the same sync rules as after-login
 (newest snapshot wins, tombstones are final), and its `svix-id` is recorded in
-the same transaction: a redelivery finds it and changes nothing, and a failure
-leaves neither the effect nor the record, so the retry applies it whole.
+the same transaction: a redelivery runs into that record's primary key and rolls
+back, changing nothing, and a failure leaves neither the effect nor the record,
+so the retry applies it whole.
 
 Answers: 2xx once applied (or known, or ignored); 400 when the delivery can't be
 trusted or used, because retrying won't help; 413 when too large; 503 when the
@@ -64,10 +65,12 @@ def clerk_webhook() -> ResponseReturnValue:
     event_type, plan = _parse_event(body, msg_id)
     try:
         status, outcome = _process(get_db(), msg_id, event_type, plan)
-    except UNAVAILABLE_ERRORS:
-        log.warning("webhook %s (%s) not applied: database unavailable", msg_id, event_type, exc_info=True)
+    except UNAVAILABLE_ERRORS as exc:
+        # The type only: database errors can echo connection details; the traceback goes to debug.
+        log.warning("webhook %s (%s) not applied: %s", msg_id[:128], event_type, type(exc).__name__)
+        log.debug("webhook %s not applied", msg_id[:128], exc_info=True)
         raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
-    log.info("webhook %s %s: %s", msg_id, event_type, outcome)
+    log.info("webhook %s %s: %s", msg_id[:128], event_type, outcome)
     return jsonify(status=status, type=event_type, outcome=outcome), 200
 
 
@@ -94,7 +97,7 @@ def _read_body(limit: int) -> bytes:
 
 
 def _unusable(msg_id: str, reason: str) -> ApiError:
-    log.warning("webhook %s rejected: %s", msg_id, reason)
+    log.warning("webhook %s rejected: %s", msg_id[:128], reason)
     return ApiError(400, "invalid_payload", f"The webhook payload is unusable: {reason}.")
 
 
