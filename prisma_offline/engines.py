@@ -73,8 +73,9 @@ def engine_env() -> dict[str, str]:
     An explicit ``PRISMA_QUERY_ENGINE_BINARY`` always wins; ``PRISMA_ENGINE=offline``
     or ``native`` skips the probe.
     """
-    if os.environ.get("PRISMA_QUERY_ENGINE_BINARY"):
-        return cli_env({"PRISMA_QUERY_ENGINE_BINARY": os.environ["PRISMA_QUERY_ENGINE_BINARY"]})
+    explicit = os.environ.get("PRISMA_QUERY_ENGINE_BINARY")
+    if explicit:
+        return offline_env() if Path(explicit).resolve() == OFFLINE_QUERY_ENGINE else {}
     choice = os.environ.get("PRISMA_ENGINE", "auto")
     if choice == "native" or (choice == "auto" and native_engines_available()):
         return {}
