@@ -274,3 +274,78 @@ def test_count_and_group_by(db: Any) -> None:
     ]
     having = db.author.group_by(["role"], count=True, having={"rating": {"_avg": {"gt": 1}}})
     assert [g["role"] for g in having] == ["USER"]
+
+
+def test_nested_writes_in_updates(db: Any) -> None:
+    # Every nested write Prisma Client Python 0.15 types: create, connect, connect_or_create,
+    # set, disconnect, delete (it has no nested update, update_many, delete_many or upsert).
+    author = make_author(db, posts={"create": [{"title": "keep"}, {"title": "drop"}]})
+    db.category.create(data={"name": "existing"})
+    drop = db.post.find_first(where={"title": "drop"})
+    updated = db.author.update(
+        where={"id": author.id},
+        data={
+            "posts": {
+                "delete": [{"id": drop.id}],
+                "create": [
+                    {
+                        "title": "new",
+                        "categories": {
+                            "connect_or_create": [
+                                {"where": {"name": "existing"}, "create": {"name": "existing"}},
+                                {"where": {"name": "fresh"}, "create": {"name": "fresh"}},
+                            ]
+                        },
+                    }
+                ],
+            },
+            "profile": {"create": {"bio": "first"}},
+            "tags": {"set": ["x", "y"]},
+        },
+        include={"posts": {"include": {"categories": True}, "order_by": {"title": "asc"}}, "profile": True},
+    )
+    assert [p.title for p in updated.posts] == ["keep", "new"]
+    assert sorted(c.name for c in updated.posts[1].categories) == ["existing", "fresh"]
+    assert db.category.count() == 2  # connect_or_create connected the existing one
+    assert updated.profile.bio == "first" and updated.tags == ["x", "y"]
+    detached = db.author.update(
+        where={"id": author.id},
+        data={"profile": {"delete": True}},
+        include={"profile": True},
+    )
+    assert detached.profile is None
+    assert db.profile.count() == 0
+
+
+def test_relation_set_and_list_filters(db: Any) -> None:
+    author = make_author(db, posts={"create": [{"title": "p"}]})
+    post = db.post.find_first(where={"authorId": author.id})
+    a, b = db.category.create(data={"name": "a"}), db.category.create(data={"name": "b"})
+    db.post.update(where={"id": post.id}, data={"categories": {"connect": [{"id": a.id}]}})
+    reset = db.post.update(
+        where={"id": post.id}, data={"categories": {"set": [{"id": b.id}]}}, include={"categories": True}
+    )
+    assert [c.name for c in reset.categories] == ["b"]
+    make_author(db, "empty@example.com", tags=[])
+    make_author(db, "both@example.com", tags=["x", "y"], scores=[3, 4])
+    assert [x.email for x in db.author.find_many(where={"tags": {"is_empty": True}})] == ["empty@example.com"]
+    assert [x.email for x in db.author.find_many(where={"tags": {"has_every": ["x", "y"]}})] == [
+        "both@example.com"
+    ]
+    assert [x.email for x in db.author.find_many(where={"scores": {"equals": [3, 4]}})] == [
+        "both@example.com"
+    ]
+
+
+def test_bytes_decimal_and_bigint_filters_and_aggregates(db: Any, client_module: Any) -> None:
+    Base64 = client_module.fields.Base64
+    make_author(db, "a@example.com", avatar=Base64.encode(b"a"), balance=Decimal("0.1"), views=BIG)
+    make_author(db, "b@example.com", avatar=Base64.encode(b"b"), balance=Decimal("0.2"), views=1)
+    assert [x.email for x in db.author.find_many(where={"avatar": Base64.encode(b"b")})] == ["b@example.com"]
+    assert [x.email for x in db.author.find_many(where={"balance": {"in": [Decimal("0.1")]}})] == [
+        "a@example.com"
+    ]
+    assert [x.email for x in db.author.find_many(where={"views": BIG})] == ["a@example.com"]
+    [group] = db.author.group_by(["active"], sum={"balance": True}, max={"views": True})
+    assert Decimal(str(group["_sum"]["balance"])) == Decimal("0.3")
+    assert group["_max"]["views"] == BIG
