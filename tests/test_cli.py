@@ -368,6 +368,9 @@ def test_interrupted_backfill_prints_where_to_resume(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell that starts tests in the background ignores SIGINT, and children inherit
+        # that; a terminal's Ctrl-C reaches a process with the default handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 30
