@@ -134,11 +134,18 @@ class Parser {
     return { alias, name, args, selection };
   }
 
+  key() {
+    const token = this.expect('name');
+    // No Prisma field has this name, and as a plain-object key it would set the prototype.
+    if (token.value === '__proto__') throw new GraphQLSyntaxError(`invalid name __proto__ at ${token.at}`);
+    return token.value;
+  }
+
   arguments() {
     this.expect('(');
     const args = {};
     while (this.peek().kind !== ')') {
-      const key = this.expect('name').value;
+      const key = this.key();
       this.expect(':');
       args[key] = this.value();
     }
@@ -167,7 +174,7 @@ class Parser {
       case '{': {
         const object = {};
         while (this.peek().kind !== '}') {
-          const key = this.expect('name').value;
+          const key = this.key();
           this.expect(':');
           object[key] = this.value();
         }

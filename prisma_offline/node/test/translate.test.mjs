@@ -55,8 +55,15 @@ test('keeps integers beyond 2^53 exactly', () => {
 });
 
 test('rejects what the builder never writes, with a syntax error', () => {
-  for (const bad of ['query { result: x(a: $var) { id } }', 'subscription { x }', 'query { result: x(a: "open) { id } }', 'query {']) {
-    assert.throws(() => parseDocument(bad), GraphQLSyntaxError, bad);
+  const bad = [
+    'query { result: x(a: $var) { id } }',
+    'subscription { x }',
+    'query { result: x(a: "open) { id } }',
+    'query {',
+    'query { result: x(where: { __proto__: { polluted: true } }) { id } }',
+  ];
+  for (const text of bad) {
+    assert.throws(() => parseDocument(text), GraphQLSyntaxError, text);
   }
 });
 
