@@ -2,8 +2,8 @@
 
 Adding a command takes one function and one decorator line:
 
-    @command("generate", "Generate the Prisma client.", arg("--watch", action="store_true"))
-    def generate(args: argparse.Namespace) -> int:
+    @command("db-status", "Say whether migrations are pending.", arg("--json", action="store_true"))
+    def db_status(args: argparse.Namespace) -> int:
         ...
         return 0
 
