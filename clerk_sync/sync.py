@@ -9,6 +9,10 @@ holds a per-user advisory lock:
 - a tombstone (`deletedAt`) is final: nothing refills or revives the row;
 - the lock serialises every writer of one user, so "read, compare, upsert" is atomic
   even when the row does not exist yet.
+
+Because versions only grow and tombstones are final, a snapshot that a committed
+row already makes stale can be turned away without the lock: `sync_user_with_database`
+reads first, so a returning user's after-login costs one query, not a transaction.
 """
 
 from __future__ import annotations
@@ -82,7 +86,15 @@ def sync_user_with_database(user: ClerkUser, db: Prisma | None = None) -> SyncRe
 
     `db` defaults to the current Flask app's client.
     """
-    with transaction(db or get_db()) as tx:
+    db = db or get_db()
+    # Fast path, without lock or transaction: versions only grow and tombstones are
+    # final, so a committed row that is already as new (or deleted) stays that way.
+    stored = db.user.find_unique(where={"clerkId": user.id})
+    if stored is not None:
+        outcome, reason = judge_stored(stored, user)
+        if outcome in (SyncOutcome.UNCHANGED, SyncOutcome.IGNORED_DELETED):
+            return SyncResult(outcome, stored, reason)
+    with transaction(db) as tx:
         return apply_snapshot(tx, user)
 
 
@@ -114,6 +126,16 @@ def judge_snapshot(
     return SyncOutcome.UPDATED, ""
 
 
+def judge_stored(stored: User | None, user: ClerkUser) -> tuple[SyncOutcome, str]:
+    """`judge_snapshot` for a stored row (or None) and an incoming snapshot."""
+    return judge_snapshot(
+        exists=stored is not None,
+        deleted=stored is not None and stored.deletedAt is not None,
+        stored_version=stored.clerkUpdatedAt if stored is not None else None,
+        incoming=user.updated_at_datetime,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What a sync decided under its user's lock, and the upsert that carries it out, if any.
@@ -143,12 +165,7 @@ def plan_snapshot(tx: Prisma, user: ClerkUser) -> Plan:
     """Lock the user and decide what storing `user` does; writes nothing yet."""
     lock_user(tx, user.id)
     stored = tx.user.find_unique(where={"clerkId": user.id})
-    outcome, reason = judge_snapshot(
-        exists=stored is not None,
-        deleted=stored is not None and stored.deletedAt is not None,
-        stored_version=stored.clerkUpdatedAt if stored is not None else None,
-        incoming=user.updated_at_datetime,
-    )
+    outcome, reason = judge_stored(stored, user)
     if outcome not in (SyncOutcome.CREATED, SyncOutcome.UPDATED):
         return Plan(outcome, stored, user.id, reason)
     fields = {
