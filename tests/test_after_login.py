@@ -19,6 +19,8 @@ from uuid import uuid4
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prisma import Prisma
 from prisma.models import User
 from werkzeug.serving import make_server
@@ -567,3 +569,38 @@ def test_after_login_races_direct_syncs(
     newest = max([*direct_versions, clerk_version])
     assert (rows[0].email, rows[0].firstName) == (f"v{newest}@example.com", f"First{newest}")
     assert rows[0].clerkUpdatedAt == parse_clerk_user(raw(newest)).updated_at_datetime
+
+
+# Header values an HTTP client can send: visible latin-1 text, as werkzeug decodes it.
+_header_text = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f")
+)
+_tokenish = st.one_of(
+    _header_text,
+    st.lists(
+        st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=", max_size=60),
+        min_size=1,
+        max_size=5,
+    ).map(".".join),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    authorization=st.one_of(st.none(), _tokenish, _tokenish.map("Bearer ".__add__)),
+    cookie=st.one_of(st.none(), _tokenish),
+)
+def test_arbitrary_credentials_are_refused_with_401_never_500(
+    http: httpx.Client, db: Prisma, authorization: str | None, cookie: str | None
+) -> None:
+    """Whatever arrives as a token, the answer is a JSON 401 and nothing is written."""
+    # Raw latin-1 bytes: what a client can put on the wire, beyond what httpx would encode itself.
+    headers: dict[str, bytes] = {}
+    if authorization and authorization.strip():
+        headers["Authorization"] = authorization.strip().encode("latin-1")
+    if cookie and cookie.strip() and ";" not in cookie:
+        headers["Cookie"] = b"__session=" + cookie.strip().encode("latin-1")
+    response = http.post("/after-login", headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"].startswith("token_")
+    assert row_count(db) == 0
