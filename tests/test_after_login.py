@@ -11,7 +11,6 @@ import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 from uuid import uuid4
@@ -30,11 +29,11 @@ from clerk_sync.clerk.users import parse_clerk_user
 from clerk_sync.config import Settings
 from clerk_sync.sync import SyncOutcome, delete_user_from_database, sync_user_with_database
 from prisma_offline import localdb
+from tests.concurrency import run_at_once
 from tests.conftest import FRONTEND_ORIGIN
 from tests.fakeclerk import FakeClerk, build_clerk_user
 
 BASE_VERSION = 1_700_000_000_123
-HANG_GUARD = 60.0  # seconds; only there so that a deadlock fails instead of hanging forever
 OUTCOME_HEADER = "X-Clerk-Sync-Outcome"
 FOREIGN_ORIGIN = "https://evil.example"
 
@@ -103,19 +102,6 @@ def assert_body_is_row(body: dict[str, Any], row: User | None) -> None:
     assert body["clerkUpdatedAt"] == row.clerkUpdatedAt.isoformat()
     assert body["updatedAt"] == row.updatedAt.isoformat()
     assert body["deletedAt"] is None
-
-
-def run_at_once(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run each call on its own thread, released together; re-raises the first error."""
-    barrier = threading.Barrier(len(calls))
-
-    def released(call: Callable[[], Any]) -> Any:
-        barrier.wait(timeout=HANG_GUARD)
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        futures = [pool.submit(released, call) for call in calls]
-        return [future.result(timeout=HANG_GUARD) for future in futures]
 
 
 def settings_for(fake: FakeClerk, database_url: str, **overrides: Any) -> Settings:

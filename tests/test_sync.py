@@ -11,12 +11,11 @@ import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.queues
-import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -25,14 +24,12 @@ from prisma.models import User
 
 from clerk_sync.clerk.users import ClerkUser, parse_clerk_user
 from clerk_sync.sync import SyncOutcome, SyncResult, delete_user_from_database, sync_user_with_database
+from tests.concurrency import HANG_GUARD, run_at_once
 from tests.fakeclerk import build_clerk_user
-
-T = TypeVar("T")
 
 # A Clerk `updated_at` (milliseconds) with a non-zero millisecond part, so that
 # a column that dropped milliseconds would be caught.
 BASE_VERSION = 1_700_000_000_123
-HANG_GUARD = 60.0  # seconds; only there so that a deadlock fails instead of hanging forever
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -111,19 +108,6 @@ def assert_result_is_stored(db: Prisma, result: SyncResult) -> None:
 def ms(dt: datetime) -> datetime:
     """`dt` truncated to the column's millisecond precision."""
     return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
-
-
-def run_at_once(calls: Sequence[Callable[[], T]]) -> list[T]:
-    """Run each call on its own thread, released together; re-raises the first error."""
-    barrier = threading.Barrier(len(calls))
-
-    def released(call: Callable[[], T]) -> T:
-        barrier.wait(timeout=HANG_GUARD)
-        return call()
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        futures = [pool.submit(released, call) for call in calls]
-        return [future.result(timeout=HANG_GUARD) for future in futures]
 
 
 # --- created, identical, ordered -------------------------------------------------------------------
