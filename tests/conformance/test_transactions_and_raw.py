@@ -69,9 +69,13 @@ def test_expired_transaction_is_a_clear_error(db: Any, client_module: Any) -> No
     assert db.author.count() == 0
 
 
-def test_unknown_transaction_id_is_an_error_not_a_crash(db: Any, client_module: Any) -> None:
+@pytest.mark.parametrize("tx_id", ["not-a-transaction", "cmwva05tz00004uszl0hfbvjg"])
+def test_unknown_transaction_id_is_an_error_not_a_crash(db: Any, client_module: Any, tx_id: str) -> None:
+    # A malformed id and a well-formed one the engine never issued: both are TransactionErrors.
     with pytest.raises(client_module.errors.TransactionError):
-        db._engine.commit_transaction("not-a-transaction")
+        db._engine.commit_transaction(tx_id)
+    with pytest.raises(client_module.errors.TransactionError):
+        db._engine.query('{"query": "query { result: findManyAuthor { id } }", "variables": {}}', tx_id=tx_id)
     assert db.author.count() == 0  # the engine is still up
 
 

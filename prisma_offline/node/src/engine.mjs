@@ -24,6 +24,15 @@ const PRISMA_URL_PARAMS = ['schema', 'connection_limit', 'pool_timeout', 'pgboun
 
 export class EnginePanic extends Error {}
 
+/**
+ * Whether `id` has the shape of the ids the engine issues (25-character cuids).
+ * The engine answers an unknown id of that shape with "Transaction not found", but
+ * panics on a shorter one, so anything else must never reach it.
+ */
+export function isTransactionIdShape(id) {
+  return typeof id === 'string' && /^[a-z0-9]{25}$/.test(id);
+}
+
 /** node-postgres pool settings from a Prisma PostgreSQL URL. */
 export function poolConfig(url) {
   const parsed = new URL(url);
@@ -61,7 +70,6 @@ export class WasmEngine {
     this.log = log;
     this.generation = 0;
     this.inFlight = new Set();
-    this.transactions = new Map();
   }
 
   async start() {
@@ -81,7 +89,6 @@ export class WasmEngine {
       bindAdapter(adapter),
     );
     await this.engine.connect('{}');
-    this.transactions.clear();
   }
 
   async stop() {
@@ -133,28 +140,13 @@ export class WasmEngine {
     return this.track((engine) => engine.query(body, '{}', txId));
   }
 
-  /** Whether a transaction id was issued by this instance; unknown ids make the engine panic. */
-  knowsTransaction(id) {
-    return this.transactions.has(id);
-  }
-
   async startTransaction(options) {
-    const answer = await this.track((engine) => engine.startTransaction(JSON.stringify(options), '{}'));
-    const parsed = JSON.parse(answer);
-    if (typeof parsed.id === 'string') this.transactions.set(parsed.id, Date.now());
-    this.pruneTransactions();
-    return parsed;
+    return JSON.parse(await this.track((engine) => engine.startTransaction(JSON.stringify(options), '{}')));
   }
 
   async endTransaction(id, how) {
     const run = how === 'commit' ? 'commitTransaction' : 'rollbackTransaction';
     return JSON.parse(await this.track((engine) => engine[run](id, '{}')));
-  }
-
-  pruneTransactions() {
-    // The engine remembers closed transactions for a while; so do we, for an hour.
-    const cutoff = Date.now() - 3_600_000;
-    for (const [id, started] of this.transactions) if (started < cutoff) this.transactions.delete(id);
   }
 }
 

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
 
-import { EnginePanic, WasmEngine } from './engine.mjs';
+import { EnginePanic, WasmEngine, isTransactionIdShape } from './engine.mjs';
 import { GraphQLSyntaxError } from './graphql.mjs';
 import { Schema, TranslationError, engineError, stringify, translateQuery, translateResult } from './translate.mjs';
 
@@ -105,7 +105,7 @@ export async function startServer({ port, env = process.env }) {
     'GET /status': async () => ({ status: 'ok' }),
     'POST /': async (body, headers) => {
       const txId = headers['x-transaction-id'];
-      if (txId !== undefined && !engine.knowsTransaction(txId)) return transactionNotFound(txId);
+      if (txId !== undefined && !isTransactionIdShape(txId)) return transactionNotFound(txId);
       metrics.counters.prisma_client_queries_total += 1;
       if (Array.isArray(body.batch)) return runBatch(body, txId);
       if (typeof body.query !== 'string') return { errors: [engineError('the request has no query')] };
@@ -123,7 +123,7 @@ export async function startServer({ port, env = process.env }) {
   };
 
   if (env.PRISMA_OFFLINE_ENGINE_DEBUG === '1') {
-    // Reproduces a real engine panic (committing an id it never issued), for testing recovery.
+    // Reproduces a real engine panic (committing an id shorter than the engine's), for testing recovery.
     handlers['POST /debug/panic'] = async () => engine.track((wasm) => wasm.commitTransaction('debug-panic', '{}'));
   }
 
@@ -138,7 +138,7 @@ export async function startServer({ port, env = process.env }) {
   };
 
   const endTransaction = async (id, how) => {
-    if (!engine.knowsTransaction(id)) return transactionNotFound(id);
+    if (!isTransactionIdShape(id)) return transactionNotFound(id);
     const answer = await engine.endTransaction(id, how);
     // The engine answers a failed commit or rollback with a bare user-facing error.
     return answer.error_code ? asErrors(answer) : answer;

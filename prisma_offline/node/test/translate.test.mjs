@@ -9,7 +9,7 @@ import { test } from 'node:test';
 
 import { BigIntLiteral, GraphQLSyntaxError, parseDocument } from '../src/graphql.mjs';
 import { Schema, TranslationError, stringify, translateQuery, translateResult, untype } from '../src/translate.mjs';
-import { poolConfig, withDriverAdapters } from '../src/engine.mjs';
+import { isTransactionIdShape, poolConfig, withDriverAdapters } from '../src/engine.mjs';
 
 const require = createRequire(import.meta.url);
 const schemaWasm = require('@prisma/prisma-schema-wasm');
@@ -143,4 +143,11 @@ test('reads Prisma URL parameters and keeps them from node-postgres', () => {
   assert.equal(pool.connectionTimeoutMillis, 7000);
   assert.equal(pgSchema, 'tenant');
   assert.equal(pool.connectionString, 'postgresql://u:p@db:5432/app?sslmode=require');
+});
+
+test('lets only engine-shaped transaction ids through (shorter ones make the engine panic)', () => {
+  assert.ok(isTransactionIdShape('cmwva05tz00004uszl0hfbvjg'));
+  for (const id of ['', 'nope', 'debug-panic', 'cmwva05tz00004uszl0hfbvj', 'CMWVA05TZ00004USZL0HFBVJG', 'cmwva05tz00004uszl0hfbvj-', undefined]) {
+    assert.ok(!isTransactionIdShape(id), String(id));
+  }
 });
