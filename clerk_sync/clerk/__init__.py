@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import httpx
 from flask import Flask, current_app
 
 from ..config import Settings
@@ -34,9 +35,13 @@ class Clerk:
 
 
 def init_app(app: Flask, settings: Settings) -> Clerk:
+    # One connection pool to Clerk for the user fetches and the JWKS fetches alike.
+    http = httpx.Client()
     api = None
     if settings.clerk_secret_key:
-        api = ClerkAPI(settings.clerk_api_url, settings.clerk_secret_key, timeout=settings.clerk_timeout)
+        api = ClerkAPI(
+            settings.clerk_api_url, settings.clerk_secret_key, timeout=settings.clerk_timeout, http=http
+        )
     else:
         log.warning("CLERK_SECRET_KEY is not set: /after-login and the backfill cannot fetch users")
     verifier = None
@@ -47,6 +52,7 @@ def init_app(app: Flask, settings: Settings) -> Clerk:
             secret_key=settings.clerk_secret_key,
             authorized_parties=settings.clerk_authorized_parties,
             timeout=settings.clerk_timeout,
+            http=http,
         )
     clerk = Clerk(api=api, verifier=verifier)
     app.extensions["clerk"] = clerk
