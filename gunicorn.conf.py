@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-wsgi_app = "clerk_sync:create_app()"
+wsgi_app = "app:create_app()"
 bind = [os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
@@ -17,7 +17,7 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
-# Request lines come from the app (clerk_sync.request_log), without tokens or query strings.
+# Request lines come from the app (app.request_log), without tokens or query strings.
 accesslog = None
 errorlog = "-"
 # Behind a load balancer that sets X-Forwarded-For, list its address here.

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Bench-only: runs prisma_offline/node/query-engine.mjs unchanged, with timers
-// wrapped around it from the outside (nothing in prisma_offline is edited).
+// Bench-only: runs prisma/query-engine.mjs unchanged, with timers
+// wrapped around it from the outside (nothing in prisma_engines is edited).
 // `bench/run.py --profile` points PRISMA_QUERY_ENGINE_BINARY at a shim that
 // execs this file. It measures, per engine HTTP request:
 //   - server time: from the request event to the response's `finish`;
@@ -17,7 +17,7 @@ import http from 'node:http';
 import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
 
-const engineDir = new URL('../prisma_offline/node/', import.meta.url);
+const engineDir = new URL('../prisma/', import.meta.url);
 const require = createRequire(new URL('src/engine.mjs', engineDir));
 const MAX_RECORDED = 5000;
 

@@ -7,7 +7,7 @@ Run it (one command; it sets everything up and tears it down):
     .venv/bin/python bench/run.py --help       # sizes, phases, gunicorn workers/threads
 
 It is a benchmark, not a test. It needs what `scripts/test` needs (a PostgreSQL on
-127.0.0.1:5432 or the project-local one from `prisma_offline.localdb`, Node, the
+127.0.0.1:5432 or the project-local one from `prisma_engines.localdb`, Node, the
 generated Prisma client) and only the pinned packages of requirements-dev.txt.
 
 What one run does, on one machine and one database:
@@ -16,7 +16,7 @@ What one run does, on one machine and one database:
    FakeClerk (tests/fakeclerk.py, in a child process so it doesn't share the load
    generator's GIL) and `gunicorn --config gunicorn.conf.py` as a subprocess. gunicorn
    inherits this environment, so the query engine is whatever PRISMA_QUERY_ENGINE_BINARY
-   selects; when it is unset the offline engine (prisma_offline/node/query-engine.mjs)
+   selects; when it is unset the offline engine (prisma/query-engine.mjs)
    is used. --workers/--threads set WEB_CONCURRENCY/GUNICORN_THREADS (defaults: the
    environment's, else gunicorn.conf.py's 2 x 4).
 2. Load phases. Each uses --clients threads, each with its own keep-alive httpx client
@@ -106,7 +106,7 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 from svix.webhooks import Webhook  # noqa: E402
 
-from prisma_offline import engines, localdb, migrations  # noqa: E402
+from prisma_engines import engines, localdb, migrations  # noqa: E402
 from tests.fakeclerk import DEFAULT_AZP, FakeClerk, build_clerk_user  # noqa: E402
 from tests.served import gunicorn_server  # noqa: E402
 
@@ -769,8 +769,8 @@ def run_profile(db_url: str, server: Gunicorn, k: int, tmp: Path, meter: CpuMete
         e2e_webhook = _sequential(client, user_events(k))
 
     # 2. In process, with the timed engine.
-    from clerk_sync import create_app
-    from clerk_sync.config import Settings
+    from app import create_app
+    from app.config import Settings
 
     previous_engine = os.environ.get("PRISMA_QUERY_ENGINE_BINARY")
     os.environ["PRISMA_QUERY_ENGINE_BINARY"] = str(_engine_shim(tmp))
@@ -789,7 +789,7 @@ def run_profile(db_url: str, server: Gunicorn, k: int, tmp: Path, meter: CpuMete
         else:
             os.environ["PRISMA_QUERY_ENGINE_BINARY"] = previous_engine
     devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    for handler in logging.getLogger("clerk_sync").handlers:
+    for handler in logging.getLogger("app").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(devnull)  # keep formatting the log lines (a real cost), drop the output
     engine_url = prisma_client._engine.url
@@ -1127,7 +1127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="c1,c2,a,a2,b,b2",
         help="comma-separated subset of c1,c2,a,a2,b,b2 (default: all)",
     )
-    parser.add_argument("--postgres-url", help="PostgreSQL server URL (default: prisma_offline.localdb)")
+    parser.add_argument("--postgres-url", help="PostgreSQL server URL (default: prisma_engines.localdb)")
     args = parser.parse_args(argv)
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(args.phases) - {"c1", "c2", "a", "a2", "b", "b2"}

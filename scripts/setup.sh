@@ -1,7 +1,7 @@
 # Sourced by scripts/serve and scripts/test: brings a fresh checkout to a runnable
 # state, doing only what is missing. Needs python3 (3.11+), node 20+ and npm.
 #   - .venv with the pinned Python packages (requirements-dev.txt for tests);
-#   - prisma_offline/node's pinned npm packages (the Prisma CLI and the offline engine);
+#   - prisma's pinned npm packages (the Prisma CLI and the offline engine);
 #   - the query engine: Prisma's native one where it can be downloaded, the offline
 #     one otherwise (see README, "The query engine");
 #   - the Prisma client, generated from schema.prisma.
@@ -20,13 +20,13 @@ if [ ! -e "$stamp" ]; then
   touch "$stamp"
 fi
 
-lock_stamp="prisma_offline/node/node_modules/.installed-$(sha256sum prisma_offline/node/package-lock.json | cut -c1-16)"
+lock_stamp="prisma/node_modules/.installed-$(sha256sum prisma/package-lock.json | cut -c1-16)"
 if [ ! -e "$lock_stamp" ]; then
   # --ignore-scripts: Prisma's postinstall would try its CDN; engines are chosen below instead.
-  (cd prisma_offline/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  (cd prisma && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
   touch "$lock_stamp"
 fi
 
 export PATH="$ROOT/.venv/bin:$PATH"
-eval "$(python -m prisma_offline engine-env)"
-python -m prisma_offline generate
+eval "$(python -m prisma_engines engine-env)"
+python -m prisma_engines generate

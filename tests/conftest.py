@@ -17,10 +17,10 @@ from prisma import Prisma
 from svix.webhooks import Webhook
 from werkzeug.serving import make_server
 
-from clerk_sync import create_app
-from clerk_sync.config import Settings
-from prisma_offline import localdb, migrations
-from prisma_offline.migrations import MIGRATIONS_DIR
+from app import create_app
+from app.config import Settings
+from prisma_engines import localdb, migrations
+from prisma_engines.migrations import MIGRATIONS_DIR
 from tests.fakeclerk import DEFAULT_AZP, FakeClerk
 
 

@@ -24,11 +24,11 @@ from prisma import Prisma
 from prisma.models import User
 from werkzeug.serving import make_server
 
-from clerk_sync import create_app
-from clerk_sync.clerk.users import parse_clerk_user
-from clerk_sync.config import Settings
-from clerk_sync.sync import SyncOutcome, delete_user_from_database, sync_user_with_database
-from prisma_offline import localdb
+from app import create_app
+from app.clerk.users import parse_clerk_user
+from app.config import Settings
+from app.sync import SyncOutcome, delete_user_from_database, sync_user_with_database
+from prisma_engines import localdb
 from tests.concurrency import run_at_once
 from tests.conftest import FRONTEND_ORIGIN
 from tests.fakeclerk import FakeClerk, build_clerk_user

@@ -7,14 +7,14 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from clerk_sync.clerk.api import (
+from app.clerk.api import (
     ClerkAPI,
     ClerkAPIError,
     ClerkUnavailable,
     ClerkUserNotFound,
     parse_retry_after,
 )
-from clerk_sync.clerk.users import parse_clerk_user
+from app.clerk.users import parse_clerk_user
 from tests.fakeclerk import FakeClerk
 
 

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from clerk_sync.clerk.api import ClerkAPIError, ClerkUnavailable
-from clerk_sync.clerk.tokens import (
+from app.clerk.api import ClerkAPIError, ClerkUnavailable
+from app.clerk.tokens import (
     InvalidSessionToken,
     SessionClaims,
     SessionTokenVerifier,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clerk_sync.clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user, parse_deleted_user_id
+from app.clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user, parse_deleted_user_id
 from tests.fakeclerk import build_clerk_user
 
 

@@ -24,9 +24,9 @@ from click.testing import Result
 from flask import Flask
 from prisma import Prisma
 
-from clerk_sync import create_app
-from clerk_sync.config import Settings
-from clerk_sync.sync import delete_user_from_database
+from app import create_app
+from app.config import Settings
+from app.sync import delete_user_from_database
 from tests.fakeclerk import FakeClerk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def subprocess_env(database_url: str, clerk: FakeClerk, **extra: str) -> dict[st
 
 
 def flask_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flask", "--app", "clerk_sync", "clerk", *args]
+    return [sys.executable, "-m", "flask", "clerk", *args]
 
 
 def assert_no_secrets(output: str, clerk: FakeClerk) -> None:

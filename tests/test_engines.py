@@ -1,10 +1,10 @@
-"""Which query engine the set-up selects (prisma_offline.engines.engine_env)."""
+"""Which query engine the set-up selects (prisma_engines.engines.engine_env)."""
 
 from __future__ import annotations
 
 import pytest
 
-from prisma_offline import engines
+from prisma_engines import engines
 
 
 @pytest.fixture(autouse=True)

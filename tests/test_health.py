@@ -9,8 +9,8 @@ import pytest
 from flask import Flask
 from prisma import Prisma
 
-from clerk_sync import create_app
-from clerk_sync.config import Settings
+from app import create_app
+from app.config import Settings
 
 
 def test_healthy_when_the_database_answers(http: httpx.Client, db: Prisma) -> None:

@@ -22,9 +22,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from prisma_offline import localdb, migrations
-from prisma_offline.__main__ import main
-from prisma_offline.migrations import MIGRATIONS_DIR, SCHEMA, MigrationError
+from prisma_engines import localdb, migrations
+from prisma_engines.__main__ import main
+from prisma_engines.migrations import MIGRATIONS_DIR, SCHEMA, MigrationError
 
 INIT = sorted(path.name for path in MIGRATIONS_DIR.iterdir() if path.is_dir())
 Catalog = dict[str, list[tuple[Any, ...]]]
@@ -189,7 +189,7 @@ def test_migrations_produce_the_schema_prisma_database(
     differences = catalog_differences(schema_catalog, migrated_catalog)
     assert not differences, (
         "schema.prisma and ./migrations disagree. Create the missing migration with\n"
-        "  python -m prisma_offline migrate-dev --name <what_changed>\n" + "\n".join(differences)
+        "  python -m prisma_engines migrate-dev --name <what_changed>\n" + "\n".join(differences)
     )
     assert {row[0] for row in migrated_catalog["tables"]} >= {"User", "WebhookDelivery"}
 

@@ -22,8 +22,8 @@ import pytest
 from prisma import Prisma
 from prisma.models import User
 
-from clerk_sync.clerk.users import ClerkUser, parse_clerk_user
-from clerk_sync.sync import SyncOutcome, SyncResult, delete_user_from_database, sync_user_with_database
+from app.clerk.users import ClerkUser, parse_clerk_user
+from app.sync import SyncOutcome, SyncResult, delete_user_from_database, sync_user_with_database
 from tests.concurrency import HANG_GUARD, run_at_once
 from tests.fakeclerk import build_clerk_user
 

@@ -32,9 +32,9 @@ from prisma import Prisma
 from psycopg.rows import dict_row
 from werkzeug.serving import make_server
 
-from clerk_sync import create_app
-from clerk_sync.config import Settings
-from prisma_offline.migrations import MIGRATIONS_DIR, apply_migrations
+from app import create_app
+from app.config import Settings
+from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations
 from tests.conftest import WEBHOOK_SECRET, sign_webhook
 from tests.fakeclerk import build_clerk_user
 from tests.tcpproxy import TcpProxy
@@ -1073,8 +1073,8 @@ def test_signed_arbitrary_json_is_answered_200_or_400(http: httpx.Client, payloa
 
 @contextmanager
 def capture_app_logs(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    """Every record, including the `clerk_sync` loggers' (which may not propagate to root)."""
-    app_logger = logging.getLogger("clerk_sync")
+    """Every record, including the `app` loggers' (which may not propagate to root)."""
+    app_logger = logging.getLogger("app")
     level = app_logger.level
     caplog.set_level(logging.DEBUG)
     app_logger.addHandler(caplog.handler)
@@ -1109,7 +1109,7 @@ def test_logs_never_contain_the_secret_or_signatures(
         assert_error(http.post(PATH, content=forged.body, headers=forged_headers), 400, "invalid_signature")
         assert_error(http.post(PATH, content=unusable.body, headers=unusable_headers), 400, "invalid_payload")
         texts = [_log_text(caplog, record) for record in records]
-        app_texts = [_log_text(caplog, r) for r in records if r.name.startswith("clerk_sync")]
+        app_texts = [_log_text(caplog, r) for r in records if r.name.startswith("app")]
 
     assert any(unusable.msg_id in t for t in app_texts), "the unusable delivery was not logged"
     forbidden = [

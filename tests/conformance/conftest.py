@@ -1,6 +1,6 @@
 """Generates a client from the conformance schema and connects it to a fresh database.
 
-The client runs on whatever engine the environment selects (see prisma_offline.engines):
+The client runs on whatever engine the environment selects (see prisma_engines.engines):
 on machines without Prisma's CDN, that is the offline WebAssembly engine.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from prisma_offline import engines, migrations
+from prisma_engines import engines, migrations
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE / "schema.prisma"

@@ -1,4 +1,4 @@
-"""`python -m prisma_offline <command>`: the Prisma workflows that work without Prisma's CDN.
+"""`python -m prisma_engines <command>`: the Prisma workflows that work without Prisma's CDN.
 
 Adding a command takes one function and one decorator line:
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prisma_offline import engines, localdb, migrations
+from prisma_engines import engines, localdb, migrations
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -81,7 +81,7 @@ def migrate_deploy(args: argparse.Namespace) -> int:
     if not database_url:
         print(
             "DATABASE_URL is not set. For a local database: "
-            'export DATABASE_URL="$(python -m prisma_offline create-db clerk_sync)"',
+            'export DATABASE_URL="$(python -m prisma_engines create-db clerk_sync)"',
             file=sys.stderr,
         )
         return 2
@@ -118,7 +118,7 @@ def migrate_diff_check(args: argparse.Namespace) -> int:
         return 0
     print("schema.prisma and the migrations disagree. The missing migration would be:\n")
     print(script, end="")
-    print("\nCreate it with: python -m prisma_offline migrate-dev --name <what_changed>", file=sys.stderr)
+    print("\nCreate it with: python -m prisma_engines migrate-dev --name <what_changed>", file=sys.stderr)
     return 1
 
 
@@ -173,7 +173,7 @@ def create_db(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m prisma_offline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m prisma_engines", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for spec in COMMANDS:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.exceptions import InvalidIssuedAtError, InvalidSubjectError
 
-from clerk_sync.clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable
+from app.clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable
 
 __all__ = [
     "InvalidSessionToken",

@@ -3,5 +3,5 @@
 `engines` chooses the query engine (native, or the WebAssembly one in `node/`),
 `migrations` generates and applies migrations without the native schema engine,
 and `localdb` finds or starts a local PostgreSQL. None of it is application code;
-`python -m prisma_offline --help` lists the commands.
+`python -m prisma_engines --help` lists the commands.
 """

@@ -11,7 +11,7 @@ from .config import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """The application factory, for `flask --app clerk_sync` and gunicorn's `clerk_sync:create_app()`."""
+    """The application factory, for `flask` and gunicorn's `app:create_app()`."""
     if settings is None:
         load_dotenv()
         settings = Settings.from_env()

@@ -79,7 +79,7 @@ class ClerkAPI:
             self._http.close()
 
     def get_user(self, user_id: str) -> dict[str, Any]:
-        """The raw user object; parse it with `clerk_sync.clerk.users.parse_clerk_user`."""
+        """The raw user object; parse it with `app.clerk.users.parse_clerk_user`."""
         # Quoting with safe="" keeps "/" out of the path, but "." and ".." survive
         # quoting and would be resolved as dot-segments, reaching another endpoint.
         if user_id in ("", ".", ".."):

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = Path(__file__).resolve().parent.parent / "prisma"
 OFFLINE_QUERY_ENGINE = NODE_DIR / "query-engine.mjs"
 
 # The CLI refuses to start without these engine files, even for commands that
@@ -91,7 +91,7 @@ def generate(schema: Path, *, env: Mapping[str, str] | None = None) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "prisma", "generate", "--schema", str(schema)],
         env=cli_env(env),
-        cwd=NODE_DIR.parent.parent,
+        cwd=NODE_DIR.parent,
         check=False,
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from flask import Flask, Response, g, request
 
-log = logging.getLogger("clerk_sync.request")
+log = logging.getLogger("app.request")
 
 _REQUEST_ID = "X-Request-Id"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -39,8 +39,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging() -> None:
-    """JSON lines on stderr for the `clerk_sync` loggers, unless the host already set logging up."""
-    logger = logging.getLogger("clerk_sync")
+    """JSON lines on stderr for the `app` loggers, unless the host already set logging up."""
+    logger = logging.getLogger("app")
     if logger.handlers:
         return
     handler = logging.StreamHandler()
