@@ -36,7 +36,7 @@ def engine_request_timeout(url: str) -> float:
     """Seconds to wait for one engine answer: longer than the engine's own bounds, so it answers first.
 
     The offline engine waits at most `pool_timeout` for a connection, then `socket_timeout`
-    for the query (URL parameters, defaults 5 and 15; prisma/src/pool.mjs), and
+    for the query (URL parameters, defaults 10 and 10; prisma/src/pool.mjs), and
     an interactive transaction start at most its max_wait (10 s, app/sync.py).
     """
     params = parse_qs(urlsplit(url).query)
@@ -47,7 +47,7 @@ def engine_request_timeout(url: str) -> float:
         except (KeyError, IndexError, ValueError):
             return default
 
-    return max(seconds("pool_timeout", 5) + seconds("socket_timeout", 15), 10) + 5
+    return max(seconds("pool_timeout", 10) + seconds("socket_timeout", 10), 10) + 5
 
 
 class Database:

@@ -62,10 +62,11 @@ export class WasmEngine {
     // An idle connection dropped by the server must not crash the process.
     this.pool.on('error', (err) => this.log({ level: 'warn', message: `idle database connection failed: ${err.message}` }));
     const adapter = new PrismaPg(this.pool, this.config.schema ? { schema: this.config.schema } : undefined);
+    releaseLateTransactions(adapter, () => this.maxWaitMillis);
     this.engine = new bg.QueryEngine(
       { datamodel: this.datamodel, logLevel: 'info', logQueries: this.logQueries },
       (line) => this.log(safeParse(line)),
-      bindAdapter(adapter),
+      (this.adapter = bindAdapter(adapter)),
     );
     await this.engine.connect('{}');
   }
@@ -115,11 +116,23 @@ export class WasmEngine {
     });
   }
 
+  /**
+   * The JavaScript error behind a "P2036 Error in external connector (id N)", removed from the
+   * adapter's registry, which otherwise keeps every error for the life of the process.
+   */
+  takeConnectorError(id) {
+    const registry = this.adapter?.errorRegistry;
+    const entry = registry?.registeredErrors?.[id];
+    if (entry) registry.registeredErrors[id] = undefined;
+    return entry?.error;
+  }
+
   query(body, txId) {
     return this.track((engine) => engine.query(body, '{}', txId));
   }
 
   async startTransaction(options) {
+    this.maxWaitMillis = options.max_wait;
     return JSON.parse(await this.track((engine) => engine.startTransaction(JSON.stringify(options), '{}')));
   }
 
@@ -127,6 +140,26 @@ export class WasmEngine {
     const run = how === 'commit' ? 'commitTransaction' : 'rollbackTransaction';
     return JSON.parse(await this.track((engine) => engine[run](id, '{}')));
   }
+}
+
+/**
+ * The engine stops waiting for a transaction's connection after max_wait, but the
+ * adapter's checkout goes on; a connection it gets after that would never be
+ * released, and the pool would shrink by one for good. So one that arrives that late
+ * goes straight back to the pool, and the start fails.
+ */
+function releaseLateTransactions(adapter, maxWaitMillis) {
+  const start = adapter.startTransaction.bind(adapter);
+  adapter.startTransaction = async (...args) => {
+    const began = Date.now();
+    const result = await start(...args);
+    const limit = maxWaitMillis();
+    if (result.ok && limit > 0 && Date.now() - began >= limit - 50) {
+      result.value.client.release();
+      throw new Error(`no database connection within the transaction's max_wait (${limit} ms)`);
+    }
+    return result;
+  };
 }
 
 function safeParse(line) {

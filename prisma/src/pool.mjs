@@ -23,8 +23,8 @@ const PRISMA_URL_PARAMS = ['schema', 'connection_limit', 'pool_timeout', 'pgboun
 
 // Server-side limits, in seconds, from the environment; 0 leaves the server's own setting.
 export const SESSION_TIMEOUTS = {
-  statement_timeout: ['DATABASE_STATEMENT_TIMEOUT', 10],
-  lock_timeout: ['DATABASE_LOCK_TIMEOUT', 5],
+  statement_timeout: ['DATABASE_STATEMENT_TIMEOUT', 5],
+  lock_timeout: ['DATABASE_LOCK_TIMEOUT', 4],
   idle_in_transaction_session_timeout: ['DATABASE_IDLE_IN_TRANSACTION_TIMEOUT', 10],
 };
 
@@ -53,18 +53,17 @@ export function sessionParameters(env = process.env) {
  *
  * Prisma's own URL parameters keep their meaning: `connection_limit` (pool size),
  * `connect_timeout` (s, default 5), `pool_timeout` (s to wait for a free connection,
- * default 5: below the client's transaction max_wait, so a start that times out here
- * never leaves the engine a connection nobody releases) and `socket_timeout` (s a
- * query may go unanswered, default 15: above statement_timeout, so the server
- * cancels a slow statement cleanly before the connection is given up on).
+ * default 10, as Prisma's) and `socket_timeout` (s a query may go unanswered, default
+ * 10: above statement_timeout, so the server cancels a slow statement cleanly before
+ * the connection is given up on).
  */
 export function poolConfig(url, env = process.env) {
   const parsed = new URL(url);
   const params = parsed.searchParams;
   const limit = Number(params.get('connection_limit'));
   const connectTimeout = seconds(params.get('connect_timeout'), 5, 'connect_timeout');
-  const poolTimeout = seconds(params.get('pool_timeout'), 5, 'pool_timeout');
-  const queryTimeout = seconds(params.get('socket_timeout'), 15, 'socket_timeout');
+  const poolTimeout = seconds(params.get('pool_timeout'), 10, 'pool_timeout');
+  const queryTimeout = seconds(params.get('socket_timeout'), 10, 'socket_timeout');
   const schema = params.get('schema') ?? undefined;
   for (const name of PRISMA_URL_PARAMS) params.delete(name);
   return {
@@ -125,8 +124,20 @@ export function createPool(config, log = () => {}) {
 
   pool = new pg.Pool({ ...config.pool, Client: GuardedClient });
   const connect = pool.connect.bind(pool);
+  const configuredMax = pool.options.max;
+  let uncap;
+  const noSlotLeft = () => {
+    // The database has no slot for another connection (its own limit, or the role's): share the
+    // connections this pool has, in pg-pool's queue, and try growing again later.
+    pool.options.max = Math.max(1, pool.totalCount);
+    clearTimeout(uncap);
+    uncap = setTimeout(() => {
+      pool.options.max = configuredMax;
+    }, 30_000);
+    uncap.unref();
+  };
   pool.connect = (callback) => {
-    const result = connectPatiently(connect, poolTimeoutMillis);
+    const result = connectPatiently(connect, poolTimeoutMillis, noSlotLeft);
     if (!callback) return result;
     result.then((client) => callback(undefined, client, client.release), (err) => callback(err, undefined, () => {}));
     return undefined;
@@ -141,13 +152,14 @@ function wrap(callback, done) {
   };
 }
 
-async function connectPatiently(connect, boundMillis) {
+async function connectPatiently(connect, boundMillis, noSlotLeft) {
   const deadline = Date.now() + (boundMillis || 0);
   for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
     try {
       return await connect();
     } catch (error) {
       if (!RETRY_CONNECT_CODES.has(error?.code) || Date.now() + delay > deadline) throw error;
+      noSlotLeft();
       await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }

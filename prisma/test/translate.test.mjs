@@ -147,11 +147,11 @@ test('reads Prisma URL parameters and keeps them from node-postgres', () => {
 test('bounds every wait: connect, pool checkout, unanswered queries, and server-side limits', () => {
   const defaults = poolConfig('postgresql://u@db/app', {});
   assert.equal(defaults.connectTimeoutMillis, 5000);
-  assert.equal(defaults.pool.connectionTimeoutMillis, 5000);
-  assert.equal(defaults.queryTimeoutMillis, 15000);
+  assert.equal(defaults.pool.connectionTimeoutMillis, 10000);
+  assert.equal(defaults.queryTimeoutMillis, 10000);
   assert.equal(defaults.pool.keepAlive, true);
-  assert.equal(defaults.pool.statement_timeout, 10000);
-  assert.equal(defaults.pool.lock_timeout, 5000);
+  assert.equal(defaults.pool.statement_timeout, 5000);
+  assert.equal(defaults.pool.lock_timeout, 4000);
   assert.equal(defaults.pool.idle_in_transaction_session_timeout, 10000);
 
   const env = { DATABASE_STATEMENT_TIMEOUT: '2.5', DATABASE_LOCK_TIMEOUT: '0', DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: '3' };
