@@ -214,7 +214,10 @@ export async function startServer({ port, env = process.env }) {
           payload = { errors: [engineError(`the offline query engine failed: ${error?.message ?? error}`)] };
         }
       }
-      if (payload?.errors) metrics.counters.prisma_client_queries_failed_total += 1;
+      if (payload?.errors) {
+        metrics.counters.prisma_client_queries_failed_total += 1;
+        for (const error of payload.errors) explainConnectorError(engine, error);
+      }
       const text = typeof payload === 'string' ? payload : stringify(payload);
       res.writeHead(status, { 'content-type': typeof payload === 'string' ? 'text/plain' : 'application/json' });
       res.end(text);
@@ -236,6 +239,19 @@ export async function startServer({ port, env = process.env }) {
     process.exit(0);
   };
   return { shutdown };
+}
+
+/**
+ * Put the cause of a driver-adapter error (P2036: a pg error thrown in JavaScript, such as a
+ * refused or timed-out connection) into its meta, so that the client can tell what failed.
+ */
+function explainConnectorError(engine, error) {
+  const facing = error?.user_facing_error;
+  if (facing?.error_code !== 'P2036' || !Number.isInteger(facing.meta?.id)) return;
+  const cause = engine.takeConnectorError(facing.meta.id);
+  if (!cause) return;
+  facing.meta = { ...facing.meta, message: String(cause.message ?? cause) };
+  if (typeof cause.code === 'string') facing.meta.code = cause.code;
 }
 
 function asErrors(userFacingError) {
