@@ -18,7 +18,8 @@ from ..clerk import current_clerk
 from ..clerk.api import ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
 from ..clerk.tokens import InvalidSessionToken, extract_session_token
 from ..clerk.users import InvalidClerkUser, parse_clerk_user
-from ..db import UNAVAILABLE_ERRORS, get_db
+from ..db import DATABASE_ERRORS, get_db
+from ..db_errors import classify
 from ..errors import ApiError
 from ..sync import sync_user_with_database
 
@@ -55,7 +56,13 @@ def after_login() -> ResponseReturnValue:
 
     try:
         result = sync_user_with_database(user, get_db())
-    except UNAVAILABLE_ERRORS:
+    except DATABASE_ERRORS as exc:
+        failure = classify(exc)
+        if not failure.retryable:
+            # Clerk's data that the database won't take: a retry can't help, and it isn't the caller's fault.
+            log.error("after-login for %s refused by the database: %s", user.id[:128], failure.code)
+            raise ApiError(500, "database_error", "The database refused this user's data.") from None
+        log.warning("after-login not stored: %s, %s %s", type(exc).__name__, failure.verdict, failure.code)
         raise ApiError(503, "database_unavailable", "The database is not available; try again.") from None
     if result.user.deletedAt is not None:
         raise ApiError(410, "user_deleted", "This user was deleted.")

@@ -35,7 +35,8 @@ from ..clerk.users import (
     require_storable,
 )
 from ..config import Settings
-from ..db import UNAVAILABLE_ERRORS, get_db
+from ..db import DATABASE_ERRORS, get_db
+from ..db_errors import classify
 from ..errors import ApiError
 from ..sync import Plan, plan_deletion, plan_snapshot, transaction
 
@@ -65,10 +66,23 @@ def clerk_webhook() -> ResponseReturnValue:
     event_type, plan = _parse_event(body, msg_id)
     try:
         status, outcome = _process(get_db(), msg_id, event_type, plan)
-    except UNAVAILABLE_ERRORS as exc:
-        # The type only: database errors can echo connection details; the traceback goes to debug.
-        log.warning("webhook %s (%s) not applied: %s", msg_id[:128], event_type, type(exc).__name__)
+    except DATABASE_ERRORS as exc:
+        # Type and code only: database errors can echo connection details; the traceback goes to debug.
+        failure = classify(exc)
         log.debug("webhook %s not applied", msg_id[:128], exc_info=True)
+        if not failure.retryable:
+            log.warning("webhook %s (%s) refused by the database: %s", msg_id[:128], event_type, failure.code)
+            raise ApiError(
+                400, "invalid_payload", f"The database refuses this payload (code {failure.code})."
+            ) from None
+        log.warning(
+            "webhook %s (%s) not applied: %s, %s %s",
+            msg_id[:128],
+            event_type,
+            type(exc).__name__,
+            failure.verdict,
+            failure.code,
+        )
         raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
     log.info("webhook %s %s: %s", msg_id[:128], event_type, outcome)
     return jsonify(status=status, type=event_type, outcome=outcome), 200
