@@ -77,7 +77,15 @@ class ProjectPg extends PrismaPg {
     };
     // The native engine creates the `?schema=` schema; the WebAssembly one expects it. Checked
     // first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when it exists.
-    const found = await adapter.client.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [this.schemaName]);
+    let found;
+    try {
+      found = await adapter.client.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [this.schemaName]);
+    } catch (error) {
+      // The CLI itself only says "External error id#0".
+      const { host, pathname } = new URL(this.url);
+      console.error(`Can't reach database ${pathname.slice(1)} at ${host}: ${error.message}`);
+      throw error;
+    }
     if (found.rowCount === 0) await adapter.executeScript(`CREATE SCHEMA IF NOT EXISTS ${ident(this.schemaName)}`);
     return adapter;
   }

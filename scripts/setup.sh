@@ -59,8 +59,8 @@ case "${PRISMA_ENGINE:=wasm}" in
 esac
 export PRISMA_ENGINE
 
-# generate: keyed on the schema, the pinned client (requirements.txt) and the engine choice.
-generate_stamp=".venv/.generated-$(echo "$PRISMA_ENGINE" | cat - schema.prisma requirements.txt | sha256sum | cut -c1-16)"
+# generate: keyed on the schema and the pinned client (requirements.txt).
+generate_stamp=".venv/.generated-$(hash_of schema.prisma requirements.txt)"
 if [ ! -e "$generate_stamp" ]; then
   if ! output="$(python -m prisma generate --schema schema.prisma 2>&1)"; then
     printf 'prisma generate failed:\n%s\n' "$output" >&2
