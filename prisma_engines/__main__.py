@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
 
 from prisma_engines import engines, localdb, migrations
 
@@ -85,8 +89,42 @@ def migrate_deploy(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    migrations.deploy(database_url)
+    problem = _database_url_problem(database_url)
+    if problem is not None:
+        print(f"DATABASE_URL {problem}", file=sys.stderr)
+        return 2
+    try:
+        migrations.deploy(database_url)
+    except psycopg.OperationalError as exc:
+        print(f"cannot migrate the database in DATABASE_URL: {_connection_cause(exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _database_url_problem(url: str) -> str | None:
+    """What is wrong with `url` as a PostgreSQL URL, without quoting it (it holds the password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing it raises ValueError on a bad port
+    except ValueError:
+        return "is not a URL (a bad port or brackets?)"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "must be a postgresql:// URL"
+    if not parts.hostname:
+        return "names no host: expected postgresql://user:password@host:port/db"
+    return None
+
+
+def _connection_cause(exc: psycopg.OperationalError) -> str:
+    """libpq's reason on one line, e.g. "connection refused by 127.0.0.1:5999" (never a password)."""
+    first = (str(exc).strip().splitlines() or ["unknown error"])[0].removeprefix("connection failed: ")
+    found = re.match(r'connection to server at "([^"]+)"(?: \([^)]*\))?, port (\d+) failed: (.+)', first)
+    if found is None:
+        return first[:300]
+    host, port, why = found.groups()
+    if why.startswith("Connection refused") or why.startswith("timeout expired"):
+        return f"{why.lower()} by {host}:{port}"
+    return f"{host}:{port}: {why[:300]}"
 
 
 @command(
