@@ -8,12 +8,14 @@ import httpx
 import pytest
 
 from app.clerk.api import (
+    CLERK_API_VERSION,
     ClerkAPI,
     ClerkAPIError,
     ClerkUnavailable,
     ClerkUserNotFound,
     parse_retry_after,
 )
+from app.clerk.deadline import deadline, remaining
 from app.clerk.users import parse_clerk_user
 from tests.fakeclerk import FakeClerk
 
@@ -273,3 +275,71 @@ def test_count_users_of_an_unexpected_shape_is_unavailable(fake: FakeClerk, api:
     fake.respond_with({"total_count": "many"}, on="count")
     with pytest.raises(ClerkUnavailable):
         api.count_users()
+
+
+# -- the pinned API version ------------------------------------------------------
+
+
+def test_every_call_names_the_pinned_api_version(fake: FakeClerk, api: ClerkAPI) -> None:
+    fake.add_user("user_1")
+    api.get_user("user_1")
+    api.list_users()
+    api.count_users()
+    api.get_jwks()
+
+    assert CLERK_API_VERSION == "2025-11-10"
+    assert [r.headers.get("Clerk-API-Version") for r in fake.requests] == [CLERK_API_VERSION] * 4
+
+
+def test_fake_clerk_refuses_a_version_it_does_not_speak(fake: FakeClerk) -> None:
+    """So the header test above would notice the fake and the app drifting apart."""
+    fake.add_user("user_1")
+    response = httpx.get(
+        f"{fake.url}/v1/users/user_1",
+        headers={"Authorization": f"Bearer {fake.secret_key}", "Clerk-API-Version": "2021-02-05"},
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["code"] == "api_version_invalid"
+
+
+def test_fake_users_have_the_pinned_versions_shape(fake: FakeClerk, api: ClerkAPI) -> None:
+    """The fields 2025-11-10 user objects carry, as the parser meets them."""
+    user = api.get_user(fake.add_user("user_1")["id"])
+    for field in ("id", "object", "primary_email_address_id", "email_addresses", "updated_at", "image_url"):
+        assert field in user
+    assert user["object"] == "user" and isinstance(user["updated_at"], int)
+    address = user["email_addresses"][0]
+    assert {"id", "object", "email_address", "verification", "created_at", "updated_at"} <= set(address)
+
+
+# -- a total deadline --------------------------------------------------------------
+
+
+def test_trickling_answer_is_cut_off_at_the_timeout_in_total(fake: FakeClerk) -> None:
+    """One byte every 0.1 s never trips the 0.5 s per-read timeout; the call still ends at 0.5 s."""
+    fake.add_user("user_1")
+    fake.trickle(0.1, on="users")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=0.5) as api:
+        started = time.monotonic()
+        with pytest.raises(ClerkUnavailable, match="in time"):
+            api.get_user("user_1")
+        took = time.monotonic() - started
+    assert took < 0.5 + 1.5, f"the call took {took:.1f} s"
+
+
+def test_a_shared_deadline_bounds_several_calls(fake: FakeClerk, api: ClerkAPI) -> None:
+    fake.add_user("user_1")
+    fake.delay(0.2, on="users")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=5) as slow_api, deadline(0.3):
+        slow_api.get_user("user_1")  # 0.2 s of the 0.3
+        with pytest.raises(ClerkUnavailable):
+            slow_api.get_user("user_1")  # would need 0.2 s more
+    assert remaining() is None  # the deadline ends with its block
+
+
+def test_trickled_answer_within_the_timeout_succeeds(fake: FakeClerk) -> None:
+    """Slow bytes are fine while the whole answer arrives in time."""
+    fake.add_user("user_1")
+    fake.trickle(0.001, on="count")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=5) as api:
+        assert api.count_users() == 1
