@@ -58,7 +58,7 @@ def make_verifier(
             "api_url": fake.url,
             "secret_key": fake.secret_key,
             "authorized_parties": [DEFAULT_AZP],
-            "timeout": 0.3,
+            "timeout": 1.0,
             "monotonic": clock,
             **overrides,
         }

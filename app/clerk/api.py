@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .deadline import DeadlineTransport, deadline
+from .deadline import DeadlineTransport, deadline, remaining
 
 __all__ = [
     "CLERK_API_VERSION",
@@ -153,9 +153,11 @@ class ClerkAPI:
         }
         try:
             with deadline(self._timeout):
-                response = self._http.get(
-                    self._base_url + path, params=params, headers=headers, timeout=self._timeout
-                )
+                # Also bounds the wait for a free pooled connection, which no socket call covers.
+                left = remaining()
+                budget = self._timeout if left is None else max(left, 0.001)
+                url = self._base_url + path
+                response = self._http.get(url, params=params, headers=headers, timeout=budget)
         except httpx.TimeoutException as exc:
             raise ClerkUnavailable(f"Clerk did not answer GET {path} in time") from exc
         except httpx.TransportError as exc:
