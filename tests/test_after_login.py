@@ -8,6 +8,7 @@ their own fake Clerk and app, served on their own socket.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections import Counter
@@ -343,6 +344,34 @@ def test_clerk_answering_with_another_user_gets_503(http: httpx.Client, db: Pris
 
     assert_json_error(response, 503, "clerk_bad_response")
     assert row_count(db) == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"first_name": "A" * 3000}, {"image_url": "https://img.clerk.com/" + "x" * 3000}],
+    ids=["first_name", "image_url"],
+)
+def test_overlong_user_from_clerk_is_refused_with_a_logged_reason(
+    http: httpx.Client,
+    db: Prisma,
+    clerk: FakeClerk,
+    caplog: pytest.LogCaptureFixture,
+    overrides: dict[str, str],
+) -> None:
+    """Longer than Clerk sends is not Clerk's data: never stored (it may exceed an index row); logged."""
+    clerk_id = new_clerk_id()
+    add_user(clerk, clerk_id, **overrides)
+    app_logger = logging.getLogger("app")
+    app_logger.addHandler(caplog.handler)
+    try:
+        response = post_after_login(http, clerk.mint_token(clerk_id))
+    finally:
+        app_logger.removeHandler(caplog.handler)
+
+    assert_json_error(response, 503, "clerk_bad_response")
+    assert row_count(db) == 0
+    reasons = [r.getMessage() for r in caplog.records if "characters long" in r.getMessage()]
+    assert reasons and all(len(reason) < 500 for reason in reasons), reasons
 
 
 def test_clerk_refusing_the_secret_key_gets_502(http: httpx.Client, db: Prisma, clerk: FakeClerk) -> None:
