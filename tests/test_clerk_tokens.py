@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from app.clerk.api import ClerkAPIError, ClerkUnavailable
+from app.clerk.deadline import deadline
 from app.clerk.tokens import (
     InvalidSessionToken,
     SessionClaims,
@@ -449,6 +450,31 @@ def test_known_kid_never_waits_for_a_refetch(
     assert forged.is_alive(), "the refetch ended before the valid tokens were checked"
     assert took < 1.5, f"valid tokens waited {took:.2f} s behind the refetch"
     forged.join()
+
+
+def test_waiting_for_another_threads_fetch_is_bounded_by_the_deadline(
+    fake: FakeClerk, make_verifier: Callable[..., SessionTokenVerifier]
+) -> None:
+    """A cold miss queued behind a 3 s fetch gives up when its own deadline passes."""
+    verifier = make_verifier(timeout=10)
+    fake.delay(3, times=1, on="jwks")
+    token = fake.mint_token("user_1")
+    first = threading.Thread(target=lambda: verifier.verify(token))
+    first.start()
+    deadline_at = time.monotonic() + 10
+    while fake.jwks_requests < 1 and time.monotonic() < deadline_at:
+        time.sleep(0.01)
+
+    started = time.monotonic()
+    with deadline(0.5), pytest.raises(ClerkUnavailable, match="waiting for Clerk's JWKS"):
+        verifier.verify(token)
+    took = time.monotonic() - started
+
+    assert first.is_alive(), "the first fetch ended before the second gave up"
+    assert took < 0.5 + 1.5
+    first.join()
+    assert verifier.verify(token).user_id == "user_1"  # the first fetch filled the cache
+    assert fake.jwks_requests == 1
 
 
 # -- JWKS outages ----------------------------------------------------------------

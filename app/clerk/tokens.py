@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.exceptions import InvalidIssuedAtError, InvalidSubjectError
 
 from app.clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable
+from app.clerk.deadline import remaining
 from app.clerk.users import clip, is_plausible_user_id
 
 __all__ = [
@@ -238,23 +239,32 @@ class _JWKSCache:
         key = self._keys.get(kid)
         if key is not None:
             return key
-        with self._fetch_lock:
-            key = self._keys.get(kid)  # fetched while this thread waited for the lock
-            if key is not None:
-                return key
-            now = self._monotonic()
-            if self._last_attempt is None or now - self._last_attempt >= self._refetch_interval:
-                self._last_attempt = now
-                self._refresh()
-                return self._keys.get(kid)
-            failure = self._last_failure
-            if failure is None:
-                return None
-            # The last fetch failed, so we still cannot tell whether this kid is Clerk's.
-            if isinstance(failure, ClerkUnavailable):
-                wait = self._refetch_interval - (now - self._last_attempt)
-                raise ClerkUnavailable(str(failure), status_code=failure.status_code, retry_after=wait)
-            raise ClerkAPIError(str(failure), status_code=failure.status_code)
+        # Waiting for another thread's fetch counts against this call's deadline too.
+        left = remaining()
+        if not self._fetch_lock.acquire(timeout=-1 if left is None else max(left, 0.0)):
+            raise ClerkUnavailable("timed out waiting for Clerk's JWKS")
+        try:
+            return self._key_after_miss(kid)
+        finally:
+            self._fetch_lock.release()
+
+    def _key_after_miss(self, kid: str) -> RSAPublicKey | None:
+        key = self._keys.get(kid)  # fetched while this thread waited for the lock
+        if key is not None:
+            return key
+        now = self._monotonic()
+        if self._last_attempt is None or now - self._last_attempt >= self._refetch_interval:
+            self._last_attempt = now
+            self._refresh()
+            return self._keys.get(kid)
+        failure = self._last_failure
+        if failure is None:
+            return None
+        # The last fetch failed, so we still cannot tell whether this kid is Clerk's.
+        if isinstance(failure, ClerkUnavailable):
+            wait = self._refetch_interval - (now - self._last_attempt)
+            raise ClerkUnavailable(str(failure), status_code=failure.status_code, retry_after=wait)
+        raise ClerkAPIError(str(failure), status_code=failure.status_code)
 
     def _refresh(self) -> None:
         try:
