@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -350,3 +353,80 @@ def test_trickled_answer_within_the_timeout_succeeds(fake: FakeClerk) -> None:
     fake.trickle(0.001, on="count")
     with ClerkAPI(fake.url, fake.secret_key, timeout=5) as api:
         assert api.count_users() == 1
+
+
+# -- through an HTTP proxy from the environment -----------------------------------
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A plain HTTP forward proxy: absolute-form requests, recorded, then forwarded."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")}
+        upstream = httpx.get(self.path, headers=headers, trust_env=False, timeout=10)
+        self.send_response(upstream.status_code)
+        self.send_header("Content-Type", upstream.headers.get("content-type", "application/json"))
+        self.send_header("Content-Length", str(len(upstream.content)))
+        self.end_headers()
+        self.wfile.write(upstream.content)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def forward_proxy() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    _ForwardProxy.seen = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _proxy_env(monkeypatch: pytest.MonkeyPatch, proxy: str, no_proxy: str) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    monkeypatch.setenv("no_proxy", no_proxy)
+
+
+def test_environment_proxy_is_used_as_httpx_would(
+    fake: FakeClerk, forward_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline transport replaces httpx's default one; HTTP_PROXY must keep working."""
+    _proxy_env(monkeypatch, forward_proxy, no_proxy="")
+    fake.add_user("user_1")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=10) as api:
+        assert api.get_user("user_1")["id"] == "user_1"
+    assert _ForwardProxy.seen == [f"{fake.url}/v1/users/user_1"]
+
+
+def test_no_proxy_hosts_go_direct(
+    fake: FakeClerk, forward_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _proxy_env(monkeypatch, forward_proxy, no_proxy="127.0.0.1")
+    fake.add_user("user_1")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=10) as api:
+        assert api.get_user("user_1")["id"] == "user_1"
+    assert _ForwardProxy.seen == []
+    assert len(fake.requests) == 1
+
+
+def test_deadline_holds_for_direct_no_proxy_hosts(
+    fake: FakeClerk, forward_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NO_PROXY hosts get the deadline transport too, not httpx's default one."""
+    _proxy_env(monkeypatch, forward_proxy, no_proxy="127.0.0.1")
+    fake.add_user("user_1")
+    fake.trickle(0.25, on="users")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=1.0) as api:
+        started = time.monotonic()
+        with pytest.raises(ClerkUnavailable):
+            api.get_user("user_1")
+    assert time.monotonic() - started < 1.0 + 2.0

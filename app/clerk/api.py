@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .deadline import DeadlineTransport, deadline, remaining
+from .deadline import deadline, new_client, remaining
 
 __all__ = [
     "CLERK_API_VERSION",
@@ -60,7 +60,7 @@ class ClerkUnavailable(ClerkAPIError):
 
 def new_http_client() -> httpx.Client:
     """A connection pool for Clerk whose calls honour `deadline()` (see app.clerk.deadline)."""
-    return httpx.Client(transport=DeadlineTransport())
+    return new_client()
 
 
 class ClerkAPI:

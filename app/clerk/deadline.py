@@ -22,8 +22,9 @@ from typing import Any
 
 import httpcore
 import httpx
+from httpx._utils import get_environment_proxies  # private, but the reader httpx.Client() itself uses
 
-__all__ = ["DeadlineTransport", "deadline", "remaining"]
+__all__ = ["DeadlineTransport", "deadline", "new_client", "remaining"]
 
 _DEADLINE: ContextVar[float | None] = ContextVar("clerk_deadline", default=None)
 
@@ -100,19 +101,47 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 class DeadlineTransport(httpx.HTTPTransport):
     """httpx's own transport, on a network backend that honours `deadline()`.
 
-    httpx has no public way to pass httpcore a network backend, so the pool is
-    rebuilt with the same limits (httpx 0.28 is pinned; a test trickles bytes
-    through it, so a change here fails loudly).
+    httpx has no public way to pass httpcore a network backend, so the pool (or
+    the HTTP proxy, when `proxy` is given) is rebuilt as httpx builds it, with that
+    backend (httpx 0.28 is pinned; tests trickle bytes through it, so a change here
+    fails loudly).
     """
 
-    def __init__(self, limits: httpx.Limits | None = None) -> None:
-        limits = limits or httpx.Limits()
+    def __init__(self, *, proxy: str | None = None) -> None:
+        limits = httpx.Limits()
         super().__init__(limits=limits)
         self._pool.close()
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_DeadlineBackend(),
+        options: dict[str, Any] = {
+            "ssl_context": httpx.create_ssl_context(),
+            "max_connections": limits.max_connections,
+            "max_keepalive_connections": limits.max_keepalive_connections,
+            "keepalive_expiry": limits.keepalive_expiry,
+            "network_backend": _DeadlineBackend(),
+        }
+        if proxy is None:
+            self._pool = httpcore.ConnectionPool(**options)
+            return
+        via = httpx.Proxy(proxy)
+        self._pool = httpcore.HTTPProxy(
+            proxy_url=httpcore.URL(
+                scheme=via.url.raw_scheme, host=via.url.raw_host, port=via.url.port, target=via.url.raw_path
+            ),
+            proxy_auth=via.raw_auth,
+            proxy_headers=via.headers.raw,
+            proxy_ssl_context=via.ssl_context,
+            **options,
         )
+
+
+def new_client() -> httpx.Client:
+    """An httpx client whose every call honours `deadline()`, using the environment's
+    HTTP(S)_PROXY and NO_PROXY the way `httpx.Client()` would."""
+    # httpx reads the environment only when no transport is given, so the same map is
+    # built here (from httpx's own reader) with a deadline transport for every entry.
+    mounts: dict[str, httpx.BaseTransport | None] = {}
+    for pattern, proxy in get_environment_proxies().items():
+        if proxy is not None and not proxy.startswith(("http://", "https://")):
+            mounts[pattern] = httpx.HTTPTransport(proxy=proxy)  # SOCKS: per-read timeouts only
+        else:
+            mounts[pattern] = DeadlineTransport(proxy=proxy) if proxy else DeadlineTransport()
+    return httpx.Client(transport=DeadlineTransport(), mounts=mounts)
