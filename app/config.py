@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -128,3 +129,22 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
     if parts.scheme not in ("https", "http") or not parts.netloc:
         raise ConfigError(f"{name} must be an https:// URL such as https://clerk.example.com")
     return raw.rstrip("/")
+
+
+def check_environment() -> int:
+    """Check the environment (and `.env`) as the app will read it; scripts/serve runs this first.
+
+    Prints one line per problem and exits 4 on an error, so scripts/serve stops
+    before migrating or serving; warnings are printed and do not stop it.
+    """
+    from dotenv import load_dotenv
+
+    load_dotenv()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 4
+    for warning in settings.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
