@@ -12,8 +12,8 @@ can mint session tokens that the JWKS it serves will (or will not) vouch for.
 
 It speaks Backend API version 2025-11-10 (`Clerk-API-Version`, which the app pins):
 user objects, email addresses and error bodies have that version's shapes, and a
-request naming another version is refused with 400, as Clerk refuses versions it
-does not know.
+request naming another version is refused with 400, so that the app and the fake
+cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
