@@ -2,7 +2,8 @@
 
 The session token proves who is calling but carries no profile, so the user is
 fetched from Clerk's Backend API and stored before answering: once this returns
-200, the row exists.
+200, the row exists. Clerk gets `CLERK_TIMEOUT` seconds in all per login (JWKS and
+user fetch together), however slowly it sends; after that the answer is 503.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from prisma.models import User
 
 from ..clerk import current_clerk
 from ..clerk.api import ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
+from ..clerk.deadline import deadline
 from ..clerk.tokens import InvalidSessionToken, extract_session_token
 from ..clerk.users import InvalidClerkUser, parse_clerk_user
+from ..config import Settings
 from ..db import DATABASE_ERRORS, get_db
 from ..db_errors import classify
 from ..errors import ApiError
@@ -30,10 +33,12 @@ bp = Blueprint("after_login", __name__)
 @bp.post("/after-login")
 def after_login() -> ResponseReturnValue:
     clerk = current_clerk()
+    settings: Settings = current_app.config["SETTINGS"]
     try:
         token = extract_session_token(request.headers.get("Authorization"), request.cookies.get("__session"))
-        claims = clerk.require_verifier().verify(token)
-        raw_user = clerk.require_api().get_user(claims.user_id)
+        with deadline(settings.clerk_timeout):
+            claims = clerk.require_verifier().verify(token)
+            raw_user = clerk.require_api().get_user(claims.user_id)
     except InvalidSessionToken as exc:
         raise ApiError(401, exc.code, exc.message, headers={"WWW-Authenticate": "Bearer"}) from None
     except ClerkUserNotFound:
@@ -47,7 +52,8 @@ def after_login() -> ResponseReturnValue:
 
     try:
         user = parse_clerk_user(raw_user)
-    except InvalidClerkUser:
+    except InvalidClerkUser as exc:
+        log.warning("Clerk's user for after-login is unusable: %s", exc)
         raise ApiError(
             503, "clerk_bad_response", "Clerk answered with something that is not a user."
         ) from None
