@@ -1,10 +1,11 @@
 """`flask clerk ...`: operator commands.
 
-`backfill` imports every existing Clerk user and `sync-user` fetches one user.
-Both write through the same rules as after-login and the webhooks (newest
+`backfill` imports every existing Clerk user, `reconcile` also finds users
+deleted in Clerk whose `user.deleted` never arrived, and `sync-user` fetches one
+user. All write through the same rules as after-login and the webhooks (newest
 snapshot wins, tombstones are final), so running them at any time, twice, or
 concurrently with live traffic is safe. The runs themselves live in
-`app.backfill`; this module only parses options and reports.
+`app.backfill` and `app.reconcile`; this module only parses options and reports.
 
 Output: results on stdout, progress and warnings on stderr. Nothing printed
 ever includes the Clerk secret key or the database URL; database errors are
@@ -28,6 +29,8 @@ from .clerk.users import InvalidClerkUser, parse_clerk_user
 from .db import UNAVAILABLE_ERRORS, get_db
 from .errors import ApiError
 from .progress import Progress, Tally, warn
+from .reconcile import DEFAULT_MAX_TOMBSTONES, RECONCILE_LABELS, Reconcile
+from .reconcile import DRY_RUN_NAMES as RECONCILE_DRY_RUN_NAMES
 from .retries import RetryPolicy, call_with_retries, describe_error
 from .sync import sync_user_with_database
 
@@ -186,6 +189,74 @@ def finish(tally: Tally, dry_run: bool, code: int) -> None:
         code = EXIT_FAILED
     if code:
         raise click.exceptions.Exit(code)
+
+
+# --- reconcile ----------------------------------------------------------------------------------
+
+
+@clerk_cli.command("reconcile")
+@page_size_option
+@click.option("--dry-run", is_flag=True, help="Write nothing; print every change a real run would make.")
+@click.option(
+    "--max-tombstones",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_TOMBSTONES,
+    show_default=True,
+    help="Tombstone nothing if Clerk confirms more deletions than this (a wrong CLERK_SECRET_KEY looks so).",
+)
+@retry_options
+def reconcile(
+    page_size: int,
+    dry_run: bool,
+    max_tombstones: int,
+    max_retries: int,
+    retry_delay: float,
+    max_wait: float,
+) -> None:
+    """Bring the database back in line with Clerk, including deletions that never arrived.
+
+    Forward: every user in Clerk's list is stored exactly as backfill stores it
+    (newest snapshot wins, tombstones are final). Backward: a row that was live
+    when the run started, whose user the listing did not show and whose row
+    nobody wrote during the run, is a candidate. Each candidate is fetched by id
+    (GET /v1/users/{id}): 404 tombstones it as a user.deleted webhook would,
+    200 stores the snapshot and keeps it, any other failure leaves it alone and
+    counts as failed. A listing that cannot be finished checks no candidates.
+
+    Prints each change on stdout (created, updated, tombstoned, with the Clerk
+    id; "would ..." in a dry run), progress on stderr, and a summary: created,
+    updated, unchanged, tombstoned, kept, failed.
+
+    Safe while live traffic flows: locks are taken per write, never across a
+    Clerk call, and a row written during the run is never tombstoned.
+
+    Exit status: 0 when clean, 1 if anything failed or the run stopped early,
+    130 if interrupted (nothing half-written either way).
+    """
+    api = require_api()
+    tally = Tally(RECONCILE_LABELS, RECONCILE_DRY_RUN_NAMES if dry_run else {})
+    run = Reconcile(
+        api=api,
+        policy=build_policy(max_retries, retry_delay, max_wait),
+        dry_run=dry_run,
+        tally=tally,
+        page_size=page_size,
+        max_tombstones=max_tombstones,
+        total=user_count(api),
+    )
+    code = 0
+    try:
+        run.run()
+    except RunStopped as exc:
+        warn(f"Stopped: {exc}.")
+        code = EXIT_FAILED
+    except UNAVAILABLE_ERRORS as exc:
+        warn(f"Stopped: {describe_error(exc)}.")
+        code = EXIT_FAILED
+    except KeyboardInterrupt:
+        warn("Interrupted; every write so far is complete. Run it again to finish.")
+        code = EXIT_INTERRUPTED
+    finish(tally, dry_run, code)
 
 
 # --- sync-user ----------------------------------------------------------------------------------
