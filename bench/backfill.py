@@ -1,0 +1,254 @@
+"""Backfill throughput, A/B: one transaction per user (before) against one per page (now).
+
+    .venv/bin/python bench/backfill.py                 # 600 users, pages of 100, 3 rounds
+    .venv/bin/python bench/backfill.py --users 2000 --page-size 500 --rounds 5
+
+It is a benchmark, not a test. Every variant reads the same pages from the same
+FakeClerk (tests/fakeclerk.py, in its own process so it doesn't share this one's
+GIL; it never answers 429) into the same freshly migrated database, interleaved
+round by round so that the machine's drift hits them alike:
+
+    per-user   today's backfill before the page rewrite: each listed user through
+               `sync.sync_user_with_database` (read; then lock, read, upsert in a
+               transaction of its own)
+    page       `app.backfill.PageRun`, what `flask clerk backfill` runs now: one read
+               per page, then one transaction (locks, read, batched upserts)
+    psycopg    the ceiling: the same pages written by bare psycopg, one transaction
+               per page taking the same advisory locks and one set-based
+               `INSERT ... SELECT FROM unnest ... ON CONFLICT DO UPDATE ... WHERE newer`
+    list-only  listing and parsing alone: Clerk's (the fake's) share of every variant
+
+Each variant runs three scenarios: `new` (empty table: every user created),
+`stale` (every row one second older than Clerk's: every user updated) and
+`rerun` (every user unchanged). It prints users/s per round, the median, and the
+ratios page/per-user and page/psycopg.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import psycopg  # noqa: E402
+
+from app import create_app  # noqa: E402
+from app.backfill import BACKFILL_LABELS, PageRun  # noqa: E402
+from app.clerk.api import ClerkAPI  # noqa: E402
+from app.clerk.users import ClerkUser, parse_clerk_user  # noqa: E402
+from app.config import Settings  # noqa: E402
+from app.db import get_db  # noqa: E402
+from app.progress import Progress, Tally  # noqa: E402
+from app.retries import RetryPolicy  # noqa: E402
+from app.sync import sync_user_with_database  # noqa: E402
+from prisma_engines import engines, localdb, migrations  # noqa: E402
+from tests.fakeclerk import FakeClerk  # noqa: E402
+
+SCENARIOS = ("new", "stale", "rerun")
+VARIANTS = ("per-user", "page", "psycopg", "list-only")
+
+# The ceiling's page write: the advisory locks app/page_sync.py takes, then one set-based upsert
+# with the sync rules in its WHERE (only a newer snapshot, never over a tombstone).
+PSYCOPG_LOCKS = (
+    "SELECT count(pg_advisory_xact_lock(key)) FROM ("
+    "SELECT DISTINCT hashtextextended(id, 0) AS key FROM unnest(%s::text[]) AS id ORDER BY key) AS keys"
+)
+PSYCOPG_UPSERT = """
+INSERT INTO "User" ("id", "clerkId", "email", "firstName", "lastName", "username", "imageUrl",
+                    "clerkUpdatedAt", "createdAt", "updatedAt")
+SELECT gen_random_uuid()::text, u.*, now(), now()
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS u
+ON CONFLICT ("clerkId") DO UPDATE SET
+  "email" = EXCLUDED."email", "firstName" = EXCLUDED."firstName", "lastName" = EXCLUDED."lastName",
+  "username" = EXCLUDED."username", "imageUrl" = EXCLUDED."imageUrl",
+  "clerkUpdatedAt" = EXCLUDED."clerkUpdatedAt", "updatedAt" = now()
+WHERE "User"."deletedAt" IS NULL
+  AND ("User"."clerkUpdatedAt" IS NULL OR "User"."clerkUpdatedAt" < EXCLUDED."clerkUpdatedAt")
+"""
+
+
+class QuietProgress(Progress):
+    def step(self, done: int, noun: str, tally: Tally) -> None:
+        pass
+
+
+def _fake_clerk_main(conn: Any, n_users: int) -> None:
+    with FakeClerk() as fake:
+        for index in range(n_users):
+            user_id = f"user_bench_{index:06d}_{uuid.uuid4().hex[:8]}"
+            fake.add_user(user_id, email=f"{user_id}@example.com")
+        conn.send({"url": fake.url, "secret_key": fake.secret_key})
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            conn.recv()
+
+
+@contextlib.contextmanager
+def fake_clerk_process(n_users: int) -> Iterator[dict[str, Any]]:
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_fake_clerk_main, args=(child, n_users), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(120):
+            raise RuntimeError("the FakeClerk process did not start")
+        yield parent.recv()
+    finally:
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def list_pages(api: ClerkAPI, page_size: int) -> Iterator[list[ClerkUser]]:
+    offset = 0
+    while True:
+        page = api.list_users(limit=page_size, offset=offset)
+        yield [parse_clerk_user(raw) for raw in page]
+        offset += len(page)
+        if len(page) < page_size:
+            return
+
+
+def run_per_user(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
+    n = 0
+    db = get_db()
+    for page in list_pages(api, page_size):
+        for user in page:
+            sync_user_with_database(user, db)
+            n += 1
+    return n
+
+
+def run_page(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
+    tally = Tally(BACKFILL_LABELS)
+    PageRun(
+        api=api,
+        policy=RetryPolicy(),
+        page_size=page_size,
+        offset=0,
+        dry_run=False,
+        tally=tally,
+        progress=QuietProgress(),
+    ).run()
+    assert tally.failed == 0, tally.describe()
+    return tally.total
+
+
+def run_psycopg(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
+    n = 0
+    for page in list_pages(api, page_size):
+        columns = [
+            [u.id for u in page],
+            [u.email for u in page],
+            [u.first_name for u in page],
+            [u.last_name for u in page],
+            [u.username for u in page],
+            [u.image_url for u in page],
+            [u.updated_at_datetime for u in page],
+        ]
+        with conn.transaction():
+            conn.execute(PSYCOPG_LOCKS, (columns[0],))
+            conn.execute(PSYCOPG_UPSERT, columns)
+        n += len(page)
+    return n
+
+
+def run_list_only(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
+    return sum(len(page) for page in list_pages(api, page_size))
+
+
+RUNNERS: dict[str, Callable[[ClerkAPI, int, psycopg.Connection], int]] = {
+    "per-user": run_per_user,
+    "page": run_page,
+    "psycopg": run_psycopg,
+    "list-only": run_list_only,
+}
+
+
+def prepare(conn: psycopg.Connection, scenario: str, api: ClerkAPI, page_size: int) -> None:
+    """Put the table in the scenario's starting state (with psycopg, untimed)."""
+    conn.execute('TRUNCATE "User", "WebhookDelivery"')
+    if scenario == "new":
+        return
+    run_psycopg(api, page_size, conn)
+    if scenario == "stale":
+        conn.execute('UPDATE "User" SET "clerkUpdatedAt" = "clerkUpdatedAt" - interval \'1 second\'')
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--users", type=int, default=600)
+    parser.add_argument("--page-size", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--postgres-url", help="PostgreSQL server URL (default: prisma_engines.localdb)")
+    args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    if not os.environ.get("PRISMA_QUERY_ENGINE_BINARY"):
+        os.environ.update(engines.offline_env())
+
+    server_url = args.postgres_url or localdb.server_url()
+    db_name = f"clerk_sync_bench_backfill_{uuid.uuid4().hex[:8]}"
+    localdb.create_database(server_url, db_name)
+    db_url = localdb.database_url(server_url, db_name)
+    results: dict[tuple[str, str], list[float]] = {}
+    try:
+        migrations.apply_migrations(db_url, migrations.MIGRATIONS_DIR)
+        with (
+            fake_clerk_process(args.users) as fake,
+            psycopg.connect(db_url, autocommit=True) as conn,
+            ClerkAPI(fake["url"], fake["secret_key"], timeout=30) as api,
+        ):
+            app = create_app(Settings(database_url=db_url, clerk_api_url=fake["url"], clerk_secret_key="x"))
+            with app.app_context():
+                get_db()
+                print(
+                    f"backfill A/B: {args.users} users, pages of {args.page_size}, {args.rounds} rounds, "
+                    f"load average {os.getloadavg()[0]:.2f}"
+                )
+                for round_no in range(args.rounds):
+                    order = variants[round_no % len(variants) :] + variants[: round_no % len(variants)]
+                    for scenario in SCENARIOS:
+                        for variant in order:
+                            prepare(conn, scenario, api, args.page_size)
+                            started = time.perf_counter()
+                            n = RUNNERS[variant](api, args.page_size, conn)
+                            elapsed = time.perf_counter() - started
+                            assert n == args.users, (variant, n)
+                            results.setdefault((scenario, variant), []).append(n / elapsed)
+                            rate = n / elapsed
+                            print(f"  round {round_no + 1} {scenario:5} {variant:9} {rate:9.0f} users/s")
+            app.extensions["database"].close()
+    finally:
+        localdb.drop_database(server_url, db_name)
+
+    print(f"\nmedian users/s over {args.rounds} rounds (load average now {os.getloadavg()[0]:.2f})")
+    print(f"{'scenario':8} " + " ".join(f"{v:>10}" for v in variants) + "   page/per-user  page/psycopg")
+    for scenario in SCENARIOS:
+        medians = {v: statistics.median(results[(scenario, v)]) for v in variants}
+        line = f"{scenario:8} " + " ".join(f"{medians[v]:10.0f}" for v in variants)
+        if {"page", "per-user"} <= medians.keys():
+            line += f"   {medians['page'] / medians['per-user']:13.1f}x"
+        if {"page", "psycopg"} <= medians.keys():
+            line += f"  {medians['page'] / medians['psycopg']:12.2f}"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
