@@ -20,8 +20,11 @@ round by round so that the machine's drift hits them alike:
 
 Each variant runs three scenarios: `new` (empty table: every user created),
 `stale` (every row one second older than Clerk's: every user updated) and
-`rerun` (every user unchanged). It prints users/s per round, the median, and the
-ratios page/per-user and page/psycopg.
+`rerun` (every user unchanged). A warm-up round runs first, untimed (V8 needs a few
+hundred queries before the engine runs at full speed). It prints users/s per round,
+the medians, the ratios page/per-user and page/psycopg, and CPU milliseconds per
+user by process (this one, the query engine, the database backends, the FakeClerk):
+on a shared machine the CPU split is steadier than wall-clock rates.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +60,8 @@ from prisma_engines import engines, localdb, migrations  # noqa: E402
 from tests.fakeclerk import FakeClerk  # noqa: E402
 
 SCENARIOS = ("new", "stale", "rerun")
+CPU_GROUPS = ("bench", "engine", "postgres", "fakeclerk")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("per-user", "page", "psycopg", "list-only")
 
 # The ceiling's page write: the advisory locks app/page_sync.py takes, then one set-based upsert
@@ -94,7 +100,7 @@ def _fake_clerk_main(conn: Any, n_users: int) -> None:
 
 
 @contextlib.contextmanager
-def fake_clerk_process(n_users: int) -> Iterator[dict[str, Any]]:
+def fake_clerk_process(n_users: int) -> Iterator[tuple[dict[str, Any], int]]:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_fake_clerk_main, args=(child, n_users), daemon=True)
@@ -102,7 +108,7 @@ def fake_clerk_process(n_users: int) -> Iterator[dict[str, Any]]:
     try:
         if not parent.poll(120):
             raise RuntimeError("the FakeClerk process did not start")
-        yield parent.recv()
+        yield parent.recv(), process.pid  # type: ignore[misc]
     finally:
         with contextlib.suppress(OSError):
             parent.send("stop")
@@ -110,6 +116,30 @@ def fake_clerk_process(n_users: int) -> Iterator[dict[str, Any]]:
         if process.is_alive():
             process.kill()
             process.join()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds by process group, for the split per user."""
+
+    def __init__(self, conn: psycopg.Connection, db_name: str, engine_pid: int, fake_pid: int) -> None:
+        self._conn = conn
+        self._db_name = db_name
+        self._pids = {"engine": engine_pid, "fakeclerk": fake_pid}
+
+    def snapshot(self) -> dict[str, float]:
+        rows = self._conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self._db_name,))
+        backends = 0.0
+        for (pid,) in rows.fetchall():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                backends += process_cpu(pid)
+        cpu = {name: process_cpu(pid) for name, pid in self._pids.items()}
+        return {"bench": time.process_time(), **cpu, "postgres": backends}
 
 
 def list_pages(api: ClerkAPI, page_size: int) -> Iterator[list[ClerkUser]]:
@@ -207,32 +237,40 @@ def main(argv: list[str] | None = None) -> int:
     localdb.create_database(server_url, db_name)
     db_url = localdb.database_url(server_url, db_name)
     results: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], dict[str, float]] = {}
     try:
         migrations.apply_migrations(db_url, migrations.MIGRATIONS_DIR)
         with (
-            fake_clerk_process(args.users) as fake,
+            fake_clerk_process(args.users) as (fake, fake_pid),
             psycopg.connect(db_url, autocommit=True) as conn,
             ClerkAPI(fake["url"], fake["secret_key"], timeout=30) as api,
         ):
             app = create_app(Settings(database_url=db_url, clerk_api_url=fake["url"], clerk_secret_key="x"))
             with app.app_context():
-                get_db()
+                meter = CpuMeter(conn, db_name, get_db()._engine.process.pid, fake_pid)  # type: ignore[attr-defined]
                 print(
-                    f"backfill A/B: {args.users} users, pages of {args.page_size}, {args.rounds} rounds, "
-                    f"load average {os.getloadavg()[0]:.2f}"
+                    f"backfill A/B: {args.users} users, pages of {args.page_size}, {args.rounds} rounds "
+                    f"after a warm-up, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
                 )
-                for round_no in range(args.rounds):
+                for round_no in range(args.rounds + 1):
                     order = variants[round_no % len(variants) :] + variants[: round_no % len(variants)]
                     for scenario in SCENARIOS:
                         for variant in order:
                             prepare(conn, scenario, api, args.page_size)
+                            before = meter.snapshot()
                             started = time.perf_counter()
                             n = RUNNERS[variant](api, args.page_size, conn)
                             elapsed = time.perf_counter() - started
+                            after = meter.snapshot()
                             assert n == args.users, (variant, n)
+                            if round_no == 0:
+                                continue  # the warm-up
                             results.setdefault((scenario, variant), []).append(n / elapsed)
+                            spent = cpu.setdefault((scenario, variant), dict.fromkeys(CPU_GROUPS, 0.0))
+                            for group in CPU_GROUPS:
+                                spent[group] += (after[group] - before[group]) / n
                             rate = n / elapsed
-                            print(f"  round {round_no + 1} {scenario:5} {variant:9} {rate:9.0f} users/s")
+                            print(f"  round {round_no} {scenario:5} {variant:9} {rate:9.0f} users/s")
             app.extensions["database"].close()
     finally:
         localdb.drop_database(server_url, db_name)
@@ -247,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         if {"page", "psycopg"} <= medians.keys():
             line += f"  {medians['page'] / medians['psycopg']:12.2f}"
         print(line)
+    print("\nCPU ms per user, mean over the rounds: " + ", ".join(CPU_GROUPS))
+    for scenario in SCENARIOS:
+        for variant in variants:
+            spent = cpu[(scenario, variant)]
+            split = " ".join(f"{1000 * spent[g] / args.rounds:7.2f}" for g in CPU_GROUPS)
+            total = 1000 * sum(spent.values()) / args.rounds
+            print(f"  {scenario:5} {variant:9} {split}   total {total:7.2f}")
     return 0
 
 
