@@ -13,6 +13,8 @@ round by round so that the machine's drift hits them alike:
                transaction of its own)
     page       `app.backfill.PageRun`, what `flask clerk backfill` runs now: one read
                per page, then one transaction (locks, read, batched upserts)
+    createmany not shipped, for comparison: `page`, but the users absent under the lock
+               are inserted with one `prisma.user.create_many` instead of an upsert each
     psycopg    the ceiling: the same pages written by bare psycopg, one transaction
                per page taking the same advisory locks and one set-based
                `INSERT ... SELECT FROM unnest ... ON CONFLICT DO UPDATE ... WHERE newer`
@@ -53,16 +55,24 @@ from app.clerk.api import ClerkAPI  # noqa: E402
 from app.clerk.users import ClerkUser, parse_clerk_user  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import get_db  # noqa: E402
+from app.page_sync import WRITES, lock_users  # noqa: E402
 from app.progress import Progress, Tally  # noqa: E402
 from app.retries import RetryPolicy  # noqa: E402
-from app.sync import sync_user_with_database  # noqa: E402
+from app.sync import (  # noqa: E402
+    Plan,
+    SyncOutcome,
+    judge_stored,
+    snapshot_fields,
+    sync_user_with_database,
+    transaction,
+)
 from prisma_engines import engines, localdb, migrations  # noqa: E402
 from tests.fakeclerk import FakeClerk  # noqa: E402
 
 SCENARIOS = ("new", "stale", "rerun")
 CPU_GROUPS = ("bench", "engine", "postgres", "fakeclerk")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-VARIANTS = ("per-user", "page", "psycopg", "list-only")
+VARIANTS = ("per-user", "page", "createmany", "psycopg", "list-only")
 
 # The ceiling's page write: the advisory locks app/page_sync.py takes, then one set-based upsert
 # with the sync rules in its WHERE (only a newer snapshot, never over a tombstone).
@@ -177,6 +187,31 @@ def run_page(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
     return tally.total
 
 
+def run_create_many(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
+    n = 0
+    db = get_db()
+    for page in list_pages(api, page_size):
+        with transaction(db) as tx:
+            lock_users(tx, [user.id for user in page])
+            stored = {
+                row.clerkId: row for row in tx.user.find_many(where={"clerkId": {"in": [u.id for u in page]}})
+            }
+            absent = [user for user in page if user.id not in stored]
+            newer = [
+                user
+                for user in page
+                if user.id in stored and judge_stored(stored[user.id], user)[0] in WRITES
+            ]
+            if absent:
+                tx.user.create_many(data=[{"clerkId": user.id, **snapshot_fields(user)} for user in absent])
+            if newer:
+                with tx.batch_() as batch:
+                    for user in newer:
+                        Plan(SyncOutcome.UPDATED, None, user.id, fields=snapshot_fields(user)).write(batch)
+        n += len(page)
+    return n
+
+
 def run_psycopg(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
     n = 0
     for page in list_pages(api, page_size):
@@ -203,6 +238,7 @@ def run_list_only(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> in
 RUNNERS: dict[str, Callable[[ClerkAPI, int, psycopg.Connection], int]] = {
     "per-user": run_per_user,
     "page": run_page,
+    "createmany": run_create_many,
     "psycopg": run_psycopg,
     "list-only": run_list_only,
 }
