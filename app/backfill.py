@@ -80,7 +80,8 @@ class PageRun:
                 self.tally.add(self.relabel.get(label, label))
             if self.on_page is not None:
                 self.on_page(listed)
-            self.progress.step(self.offset + len(page), "listed", self.tally)
+            if page or not self.offset:  # an empty last page adds nothing to show
+                self.progress.step(self.offset + len(page), "listed", self.tally)
             self.offset += len(page)
             if len(page) < self.page_size:
                 return

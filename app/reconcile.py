@@ -120,7 +120,7 @@ class Reconcile:
                 gone.append(clerk_id)
             elif isinstance(user, ClerkUser):
                 self.store_found(user)
-            if done % 25 == 0 or done == len(candidates):
+            if done % 25 == 0 and done < len(candidates):
                 progress.step(done, "candidates checked", self.tally)
         if len(gone) > self.max_tombstones:
             for _ in gone:
@@ -133,6 +133,8 @@ class Reconcile:
             )
         for clerk_id in gone:
             self.tombstone(clerk_id)
+        if candidates:
+            progress.step(len(candidates), "candidates checked", self.tally)
 
     def fetch(self, clerk_id: str) -> ClerkUser | type[ClerkUserNotFound] | None:
         """The user as Clerk has it, ClerkUserNotFound for a 404, or None after counting a failure."""
