@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import Literal
 
 import click
 from prisma import Prisma
@@ -40,6 +41,7 @@ FORWARD_LABELS = {"deleted-skipped": UNCHANGED}
 DEFAULT_MAX_TOMBSTONES = 100
 MAX_CONSECUTIVE_CLERK_FAILURES = 3
 _READ_CHUNK = 1000
+GONE: Literal["gone"] = "gone"
 
 
 @dataclass(slots=True)
@@ -116,7 +118,7 @@ class Reconcile:
         gone: list[str] = []
         for done, clerk_id in enumerate(candidates, start=1):
             user = self.fetch(clerk_id)
-            if user is ClerkUserNotFound:
+            if user == GONE:
                 gone.append(clerk_id)
             elif isinstance(user, ClerkUser):
                 self.store_found(user)
@@ -136,15 +138,15 @@ class Reconcile:
         if candidates:
             progress.step(len(candidates), "candidates checked", self.tally)
 
-    def fetch(self, clerk_id: str) -> ClerkUser | type[ClerkUserNotFound] | None:
-        """The user as Clerk has it, ClerkUserNotFound for a 404, or None after counting a failure."""
+    def fetch(self, clerk_id: str) -> ClerkUser | Literal["gone"] | None:
+        """The user as Clerk has it, GONE for a 404, or None after counting a failure."""
         try:
             raw = call_with_retries(
                 partial(self.api.get_user, clerk_id), self.policy, f"GET /v1/users/{clerk_id}"
             )
         except ClerkUserNotFound:
             self.clerk_failures_in_a_row = 0
-            return ClerkUserNotFound
+            return GONE
         except ClerkUnavailable as exc:
             self.fail(clerk_id, str(exc))
             self.clerk_failures_in_a_row += 1
