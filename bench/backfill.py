@@ -8,12 +8,13 @@ FakeClerk (tests/fakeclerk.py, in its own process so it doesn't share this one's
 GIL; it never answers 429) into the same freshly migrated database, interleaved
 round by round so that the machine's drift hits them alike:
 
-    per-user   today's backfill before the page rewrite: each listed user through
-               `sync.sync_user_with_database` (read; then lock, read, upsert in a
-               transaction of its own)
+    today      the backfill this replaced (main at 06c86f6): each listed user on its own,
+               a lock-free read, then a transaction of its own (lock, read, upsert)
+    per-user   each listed user through today's `sync.sync_user_with_database`, for
+               comparison (optional: `--variants` adds it)
     page       `app.backfill.PageRun`, what `flask clerk backfill` runs now: one read
                per page, then one transaction (locks, read, batched upserts)
-    createmany not shipped, for comparison: `page`, but the users absent under the lock
+    createmany not shipped, for comparison (optional): `page`, but the users absent under the lock
                are inserted with one `prisma.user.create_many` instead of an upsert each
     psycopg    the ceiling: the same pages written by bare psycopg, one transaction
                per page taking the same advisory locks and one set-based
@@ -24,7 +25,7 @@ Each variant runs three scenarios: `new` (empty table: every user created),
 `stale` (every row one second older than Clerk's: every user updated) and
 `rerun` (every user unchanged). A warm-up round runs first, untimed (V8 needs a few
 hundred queries before the engine runs at full speed). It prints users/s per round,
-the medians, the ratios page/per-user and page/psycopg, and CPU milliseconds per
+the medians, the ratios page/today and page/psycopg, and CPU milliseconds per
 user by process (this one, the query engine, the database backends, the FakeClerk):
 on a shared machine the CPU split is steadier than wall-clock rates.
 """
@@ -61,6 +62,7 @@ from app.retries import RetryPolicy  # noqa: E402
 from app.sync import (  # noqa: E402
     Plan,
     SyncOutcome,
+    apply_snapshot,
     judge_stored,
     snapshot_fields,
     sync_user_with_database,
@@ -72,7 +74,8 @@ from tests.fakeclerk import FakeClerk  # noqa: E402
 SCENARIOS = ("new", "stale", "rerun")
 CPU_GROUPS = ("bench", "engine", "postgres", "fakeclerk")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-VARIANTS = ("per-user", "page", "createmany", "psycopg", "list-only")
+VARIANTS = ("today", "page", "psycopg", "list-only")
+OPTIONAL = ("per-user", "createmany")
 
 # The ceiling's page write: the advisory locks app/page_sync.py takes, then one set-based upsert
 # with the sync rules in its WHERE (only a newer snapshot, never over a tombstone).
@@ -162,6 +165,19 @@ def list_pages(api: ClerkAPI, page_size: int) -> Iterator[list[ClerkUser]]:
             return
 
 
+def run_today(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
+    n = 0
+    db = get_db()
+    for page in list_pages(api, page_size):
+        for user in page:
+            stored = db.user.find_unique(where={"clerkId": user.id})
+            if stored is None or judge_stored(stored, user)[0] in WRITES:
+                with transaction(db) as tx:
+                    apply_snapshot(tx, user)
+            n += 1
+    return n
+
+
 def run_per_user(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> int:
     n = 0
     db = get_db()
@@ -236,6 +252,7 @@ def run_list_only(api: ClerkAPI, page_size: int, conn: psycopg.Connection) -> in
 
 
 RUNNERS: dict[str, Callable[[ClerkAPI, int, psycopg.Connection], int]] = {
+    "today": run_today,
     "per-user": run_per_user,
     "page": run_page,
     "createmany": run_create_many,
@@ -261,10 +278,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=600)
     parser.add_argument("--page-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {', '.join(VARIANTS + OPTIONAL)} (default: {','.join(VARIANTS)})",
+    )
     parser.add_argument("--postgres-url", help="PostgreSQL server URL (default: prisma_engines.localdb)")
     args = parser.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(RUNNERS)
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if not os.environ.get("PRISMA_QUERY_ENGINE_BINARY"):
         os.environ.update(engines.offline_env())
 
@@ -312,12 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         localdb.drop_database(server_url, db_name)
 
     print(f"\nmedian users/s over {args.rounds} rounds (load average now {os.getloadavg()[0]:.2f})")
-    print(f"{'scenario':8} " + " ".join(f"{v:>10}" for v in variants) + "   page/per-user  page/psycopg")
+    print(f"{'scenario':8} " + " ".join(f"{v:>10}" for v in variants) + "   page/today  page/psycopg")
     for scenario in SCENARIOS:
         medians = {v: statistics.median(results[(scenario, v)]) for v in variants}
         line = f"{scenario:8} " + " ".join(f"{medians[v]:10.0f}" for v in variants)
-        if {"page", "per-user"} <= medians.keys():
-            line += f"   {medians['page'] / medians['per-user']:13.1f}x"
+        if {"page", "today"} <= medians.keys():
+            line += f"   {medians['page'] / medians['today']:10.1f}x"
         if {"page", "psycopg"} <= medians.keys():
             line += f"  {medians['page'] / medians['psycopg']:12.2f}"
         print(line)
