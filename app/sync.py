@@ -168,7 +168,12 @@ def plan_snapshot(tx: Prisma, user: ClerkUser) -> Plan:
     outcome, reason = judge_stored(stored, user)
     if outcome not in (SyncOutcome.CREATED, SyncOutcome.UPDATED):
         return Plan(outcome, stored, user.id, reason)
-    fields = {
+    return Plan(outcome, stored, user.id, fields=snapshot_fields(user))
+
+
+def snapshot_fields(user: ClerkUser) -> dict[str, Any]:
+    """The columns a snapshot writes: the one mapping from a Clerk user to a row."""
+    return {
         "email": user.email,
         "firstName": user.first_name,
         "lastName": user.last_name,
@@ -176,7 +181,6 @@ def plan_snapshot(tx: Prisma, user: ClerkUser) -> Plan:
         "imageUrl": user.image_url,
         "clerkUpdatedAt": user.updated_at_datetime,
     }
-    return Plan(outcome, stored, user.id, fields=fields)
 
 
 def plan_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> Plan:

@@ -26,7 +26,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -183,6 +183,7 @@ class FakeClerk:
         self._requests: list[RecordedRequest] = []
         self._response_faults: dict[PathFamily | None, _Fault] = {}
         self._delay_faults: dict[PathFamily | None, _Fault] = {}
+        self._before_answer: Callable[[RecordedRequest], None] | None = None
         self.kid = self.rotate_key()
 
     # -- lifecycle ---------------------------------------------------------
@@ -329,6 +330,12 @@ class FakeClerk:
         with self._lock:
             self._users.pop(user_id, None)
 
+    def before_answer(self, hook: Callable[[RecordedRequest], None] | None) -> None:
+        """Call `hook(request)` before answering each request (after its faults are chosen),
+        e.g. to change the users between two pages of a listing. None removes it."""
+        with self._lock:
+            self._before_answer = hook
+
     # -- failure modes -----------------------------------------------------
 
     def fail_with(
@@ -396,20 +403,22 @@ class FakeClerk:
         family = _family(split.path)
         authorization = request.headers.get("Authorization", "")
         authorized = hmac.compare_digest(authorization.encode(), f"Bearer {self.secret_key}".encode())
+        recorded = RecordedRequest(
+            method=request.command,
+            path=split.path,
+            query=parse_qs(split.query),
+            headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
+            authorized=authorized,
+        )
         with self._lock:
-            self._requests.append(
-                RecordedRequest(
-                    method=request.command,
-                    path=split.path,
-                    query=parse_qs(split.query),
-                    headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
-                    authorized=authorized,
-                )
-            )
+            self._requests.append(recorded)
             if family == "jwks":
                 self._jwks_requests += 1
             delay = self._take_fault(self._delay_faults, family)
             response_fault = self._take_fault(self._response_faults, family)
+            hook = self._before_answer
+        if hook is not None:
+            hook(recorded)
 
         if delay is not None and self._stopping.wait(delay.delay):
             return  # stopped while waiting: drop the connection unanswered
