@@ -49,7 +49,7 @@ def clerk() -> Iterator[FakeClerk]:
         yield fake
 
 
-def make_app(database_url: str, clerk: FakeClerk) -> Flask:
+def make_app(database_url: str, clerk: FakeClerk, clerk_timeout: float = 2.0) -> Flask:
     """An app on `clerk`, its database client already connected.
 
     Connecting spawns Prisma's engine with this process's stdout, which the CLI
@@ -60,7 +60,7 @@ def make_app(database_url: str, clerk: FakeClerk) -> Flask:
             database_url=database_url,
             clerk_api_url=clerk.url,
             clerk_secret_key=clerk.secret_key,
-            clerk_timeout=2.0,
+            clerk_timeout=clerk_timeout,
         )
     )
     app.extensions["database"].client()
