@@ -8,6 +8,8 @@ to the master drains requests and leaves no engine behind.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 wsgi_app = "app:create_app()"
 bind = [os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
@@ -26,6 +28,12 @@ errorlog = "-"
 control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
+# Prometheus multiprocess mode: workers keep their counts in files in a fresh directory per
+# master (this file is re-read on HUP: keep the directory). Set before any worker imports the app.
+if os.environ.get("CLERK_SYNC_METRICS_MASTER") != str(os.getpid()):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="clerk-sync-metrics-")
+    os.environ["CLERK_SYNC_METRICS_MASTER"] = str(os.getpid())
+
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """Start this worker's query engine now, so the first request doesn't pay for it."""
@@ -39,3 +47,14 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     database = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("database")
     if database is not None:
         database.close()
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Fold the exited worker's counts into the archive files (app.metrics), so none are lost."""
+    from app import metrics
+
+    metrics.fold_dead_process(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

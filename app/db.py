@@ -19,6 +19,8 @@ from flask import Flask, current_app
 from prisma import Prisma
 from prisma import errors as prisma_errors
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 # Errors that mean "the database (or its engine) is not answering right now":
@@ -61,7 +63,7 @@ class Database:
                     datasource={"url": self._url},
                     connect_timeout=self._connect_timeout,
                     # httpx's 5 s default is shorter than a write may queue for its user's lock.
-                    http={"timeout": ENGINE_REQUEST_TIMEOUT},
+                    http={"timeout": ENGINE_REQUEST_TIMEOUT, **metrics.engine_http_options()},
                 )
                 client.connect()
                 self._client, self._pid = client, os.getpid()

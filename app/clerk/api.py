@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 import httpx
 
+from .. import metrics
+
 __all__ = ["ClerkAPI", "ClerkAPIError", "ClerkUnavailable", "ClerkUserNotFound", "parse_retry_after"]
 
 USER_AGENT = "clerk-sync"
@@ -124,6 +126,7 @@ class ClerkAPI:
             raise ClerkUnavailable("Clerk returned a JWKS without a 'keys' list", status_code=200)
         return body
 
+    @metrics.clerk_call
     def _get(self, path: str, params: dict[str, int] | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self._secret_key}", "User-Agent": USER_AGENT}
         try:

@@ -14,6 +14,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from prisma.models import User
 
+from .. import metrics
 from ..clerk import current_clerk
 from ..clerk.api import ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
 from ..clerk.tokens import InvalidSessionToken, extract_session_token
@@ -34,6 +35,7 @@ def after_login() -> ResponseReturnValue:
         claims = clerk.require_verifier().verify(token)
         raw_user = clerk.require_api().get_user(claims.user_id)
     except InvalidSessionToken as exc:
+        metrics.token_rejected(exc.code)
         raise ApiError(401, exc.code, exc.message, headers={"WWW-Authenticate": "Bearer"}) from None
     except ClerkUserNotFound:
         raise ApiError(404, "user_not_found", "Clerk has no such user.") from None
@@ -55,8 +57,10 @@ def after_login() -> ResponseReturnValue:
 
     try:
         result = sync_user_with_database(user, get_db())
-    except UNAVAILABLE_ERRORS:
+    except UNAVAILABLE_ERRORS as exc:
+        metrics.database_failure(exc)
         raise ApiError(503, "database_unavailable", "The database is not available; try again.") from None
+    metrics.user_synced("after_login", result.outcome)
     if result.user.deletedAt is not None:
         raise ApiError(410, "user_deleted", "This user was deleted.")
     return jsonify(user_json(result.user)), 200, {"X-Clerk-Sync-Outcome": result.outcome.value}

@@ -27,6 +27,7 @@ from prisma.errors import UniqueViolationError
 from prisma.types import WebhookDeliveryCreateInput
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from .. import metrics
 from ..clerk.users import (
     ClerkUser,
     InvalidClerkUser,
@@ -66,10 +67,12 @@ def clerk_webhook() -> ResponseReturnValue:
     try:
         status, outcome = _process(get_db(), msg_id, event_type, plan)
     except UNAVAILABLE_ERRORS as exc:
+        metrics.database_failure(exc)
         # The type only: database errors can echo connection details; the traceback goes to debug.
         log.warning("webhook %s (%s) not applied: %s", msg_id[:128], event_type, type(exc).__name__)
         log.debug("webhook %s not applied", msg_id[:128], exc_info=True)
         raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
+    metrics.webhook_applied(event_type, status, outcome)
     log.info("webhook %s %s: %s", msg_id[:128], event_type, outcome)
     return jsonify(status=status, type=event_type, outcome=outcome), 200
 

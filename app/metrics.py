@@ -1,0 +1,374 @@
+"""Prometheus metrics: the series, and one small named hook per thing measured.
+
+The code being measured calls one of these functions (or wears one of these
+decorators) on one line, so instrumentation stays out of its logic. Every label
+value is chosen here from a fixed set: nothing from a request (user ids, paths,
+event types) becomes a label, so the number of series is bounded.
+
+Under gunicorn each worker is its own process. prometheus_client's multiprocess
+mode keeps each process's values in files in `PROMETHEUS_MULTIPROC_DIR` (one
+fresh directory per server run, set up by gunicorn.conf.py), and a scrape adds
+them up. When a worker exits, the master folds its counter and histogram files
+into one archive file per type (`fold_dead_process`), so a restarted or killed
+worker loses no counts and the directory does not grow. A scrape and a fold take
+the same file lock, so a scrape never counts a dead worker twice or not at all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import glob
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
+
+    from .config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+MULTIPROC_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds; from a fast engine round trip (~1 ms) up to the engine's 20 s request timeout.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
+
+SOURCES = frozenset({"after_login", "webhook", "backfill", "reconcile"})
+OUTCOMES = frozenset(
+    {"created", "updated", "unchanged", "deleted", "ignored_deleted", "ignored", "duplicate"}
+)
+WEBHOOK_EVENT_TYPES = frozenset({"user.created", "user.updated", "user.deleted"})
+METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS"})
+OTHER = "other"
+
+USER_SYNCS = Counter(
+    "clerk_sync_user_syncs_total",
+    "Users synced into the User table, by where the snapshot came from and what storing it did.",
+    ["source", "outcome"],
+)
+WEBHOOK_EVENTS = Counter(
+    "clerk_sync_webhook_events_total",
+    "Verified webhook deliveries by event type (types clerk-sync does not handle count as 'other').",
+    ["event_type"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "clerk_sync_http_request_duration_seconds",
+    "Time to handle a request, by route rule, method and status class.",
+    ["route", "method", "status_class"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "clerk_sync_http_requests_in_flight",
+    "Requests being handled right now, over all workers.",
+    multiprocess_mode="livesum",
+)
+CLERK_API_DURATION = Histogram(
+    "clerk_sync_clerk_api_request_duration_seconds",
+    "Calls to Clerk's Backend API by operation and result, with their latency.",
+    ["operation", "result"],
+    buckets=LATENCY_BUCKETS,
+)
+TOKEN_REJECTIONS = Counter(
+    "clerk_sync_session_token_rejections_total",
+    "Session tokens turned away at /after-login, by error code.",
+    ["code"],
+)
+JWKS_FETCHES = Counter(
+    "clerk_sync_jwks_fetches_total",
+    "Fetches of Clerk's JWKS by result: ok, unavailable (retryable) or refused.",
+    ["result"],
+)
+ENGINE_DURATION = Histogram(
+    "clerk_sync_engine_request_duration_seconds",
+    "Round trips to the Prisma query engine (and through it the database), by engine operation.",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+DATABASE_FAILURES = Counter(
+    "clerk_sync_database_failures_total",
+    "Database or engine failures seen by a request, by class: transient (retrying may work) or permanent.",
+    ["class"],
+)
+
+_enabled = True
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    """Turn recording on or off (METRICS_ENABLED), time every request and serve /metrics."""
+    global _enabled
+    _enabled = settings.metrics_enabled
+    from .views import metrics as view
+
+    app.register_blueprint(view.bp)
+    if not _enabled:
+        return
+    app.wsgi_app = _InFlight(app.wsgi_app)  # type: ignore[method-assign]
+    app.before_request(_start_timer)
+    app.after_request(_observe_request)
+
+
+# --- Requests ----------------------------------------------------------------------------------
+
+
+class _InFlight:
+    """WSGI middleware: counts requests in flight, also those that end in an error."""
+
+    def __init__(self, wsgi_app: Callable[..., Any]) -> None:
+        self._wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        HTTP_IN_FLIGHT.inc()
+        try:
+            return self._wsgi_app(environ, start_response)
+        finally:
+            HTTP_IN_FLIGHT.dec()
+
+
+def _start_timer() -> None:
+    from flask import g
+
+    g.metrics_started = time.perf_counter()
+
+
+def _observe_request(response: Response) -> Response:
+    from flask import g, request
+
+    started = g.get("metrics_started")
+    if started is not None:
+        # The rule (e.g. "/webhooks/clerk"), never the raw path: unmatched paths share one label.
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        method = request.method if request.method in METHODS else OTHER
+        status_class = f"{response.status_code // 100}xx"
+        HTTP_REQUEST_DURATION.labels(route, method, status_class).observe(time.perf_counter() - started)
+    return response
+
+
+# --- Sync outcomes -----------------------------------------------------------------------------
+
+
+def user_synced(source: str, outcome: str) -> None:
+    """One user snapshot or deletion stored (or judged unchanged) by `source`."""
+    if _enabled:
+        USER_SYNCS.labels(source if source in SOURCES else OTHER, _outcome(outcome)).inc()
+
+
+def webhook_applied(event_type: str, status: str, outcome: str) -> None:
+    """A verified delivery went through: `status` "duplicate" counts as the outcome `duplicate`."""
+    if _enabled:
+        WEBHOOK_EVENTS.labels(event_type if event_type in WEBHOOK_EVENT_TYPES else OTHER).inc()
+        USER_SYNCS.labels("webhook", "duplicate" if status == "duplicate" else _outcome(outcome)).inc()
+
+
+def _outcome(outcome: str) -> str:
+    return outcome if outcome in OUTCOMES else OTHER
+
+
+# --- Clerk -------------------------------------------------------------------------------------
+
+
+def clerk_call(get: F) -> F:
+    """Decorates `ClerkAPI._get(self, path, ...)`: times each call and labels its result."""
+
+    @functools.wraps(get)
+    def timed(self: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+        if not _enabled:
+            return get(self, path, *args, **kwargs)
+        started, result = time.perf_counter(), "ok"
+        try:
+            return get(self, path, *args, **kwargs)
+        except Exception as exc:
+            result = _clerk_result(exc)
+            raise
+        finally:
+            CLERK_API_DURATION.labels(_clerk_operation(path), result).observe(time.perf_counter() - started)
+
+    return timed  # type: ignore[return-value]
+
+
+def _clerk_operation(path: str) -> str:
+    if path == "/v1/jwks":
+        return "get_jwks"
+    if path == "/v1/users":
+        return "list_users"
+    if path == "/v1/users/count":
+        return "count_users"
+    if path.startswith("/v1/users/"):
+        return "get_user"
+    return OTHER
+
+
+def _clerk_result(exc: BaseException) -> str:
+    status = getattr(exc, "status_code", None)
+    if status in (401, 404, 429):
+        return str(status)
+    if isinstance(status, int):
+        return "5xx" if status >= 500 else "4xx"
+    if isinstance(exc.__cause__, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc.__cause__, httpx.TransportError):
+        return "unreachable"
+    return "error"
+
+
+def token_rejected(code: str) -> None:
+    if _enabled:
+        TOKEN_REJECTIONS.labels(code).inc()
+
+
+def jwks_fetch(refresh: F) -> F:
+    """Decorates the JWKS cache's refresh: counts each fetch by result."""
+
+    @functools.wraps(refresh)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            value = refresh(*args, **kwargs)
+        except Exception as exc:
+            if _enabled:
+                from .clerk.api import ClerkUnavailable
+
+                JWKS_FETCHES.labels("unavailable" if isinstance(exc, ClerkUnavailable) else "refused").inc()
+            raise
+        if _enabled:
+            JWKS_FETCHES.labels("ok").inc()
+        return value
+
+    return counted  # type: ignore[return-value]
+
+
+# --- Database ----------------------------------------------------------------------------------
+
+
+def engine_http_options() -> dict[str, Any]:
+    """httpx options for the Prisma client: event hooks that time each engine round trip."""
+    if not _enabled:
+        return {}
+    return {"event_hooks": {"request": [_engine_request_sent], "response": [_engine_response_received]}}
+
+
+def _engine_request_sent(request: httpx.Request) -> None:
+    request.extensions["clerk_sync_started"] = time.perf_counter()
+
+
+def _engine_response_received(response: httpx.Response) -> None:
+    started = response.request.extensions.get("clerk_sync_started")
+    if started is not None:
+        elapsed = time.perf_counter() - started
+        ENGINE_DURATION.labels(_engine_operation(response.request.url.path)).observe(elapsed)
+
+
+def _engine_operation(path: str) -> str:
+    if path == "/":
+        return "query"
+    if path == "/transaction/start":
+        return "start_transaction"
+    if path.startswith("/transaction/"):
+        return path.rsplit("/", 1)[-1] if path.endswith(("/commit", "/rollback")) else OTHER
+    return "status" if path == "/status" else OTHER
+
+
+# P1xxx: cannot reach or talk to the database; P2024: no pool connection in time;
+# P2028: transaction API (expired, closed); P2034: write conflict or deadlock.
+_TRANSIENT_CODES = frozenset({"P2024", "P2028", "P2034"})
+
+
+def database_failure(exc: BaseException) -> None:
+    """A request gave up on the database: count it as transient or permanent."""
+    if _enabled:
+        DATABASE_FAILURES.labels(database_failure_class(exc)).inc()
+
+
+def database_failure_class(exc: BaseException) -> str:
+    from prisma import errors as prisma_errors
+    from prisma.engine import errors as engine_errors
+
+    if isinstance(
+        exc,
+        httpx.TransportError
+        | prisma_errors.ClientNotConnectedError
+        | prisma_errors.HTTPClientClosedError
+        | prisma_errors.TransactionError
+        | engine_errors.EngineConnectionError,
+    ):
+        return "transient"
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and (code.startswith("P1") or code in _TRANSIENT_CODES):
+        return "transient"
+    return "permanent"
+
+
+# --- Exposition and the multiprocess directory -------------------------------------------------
+
+
+def multiprocess_dir(env: Mapping[str, str] | None = None) -> str | None:
+    return (os.environ if env is None else env).get(MULTIPROC_DIR_VAR) or None
+
+
+def exposition() -> tuple[bytes, str]:
+    """The scrape body and its content type: all workers' values when served by gunicorn."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    with _locked(directory, fcntl.LOCK_SH):
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# Per-process files whose values only grow: folded into `<type>_archive.db` when their process ends.
+_FOLDED_TYPES = ("counter", "histogram", "summary")
+
+
+def fold_dead_process(pid: int, directory: str | None = None) -> None:
+    """Move an exited process's counts into the archive files and drop its files.
+
+    Runs in gunicorn's master (child_exit). Live gauges (in-flight) are dropped,
+    since a dead process has nothing in flight.
+    """
+    directory = directory or multiprocess_dir()
+    if directory is None:
+        return
+    with _locked(directory, fcntl.LOCK_EX):
+        for kind in _FOLDED_TYPES:
+            dead = os.path.join(directory, f"{kind}_{pid}.db")
+            if not os.path.exists(dead):
+                continue
+            archive = MmapedDict(os.path.join(directory, f"{kind}_archive.db"))
+            try:
+                for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(dead):
+                    current, _ = archive.read_value(key)
+                    archive.write_value(key, current + value, 0.0)
+            finally:
+                archive.close()
+            os.remove(dead)
+        mark_process_dead(pid, directory)
+
+
+def files(directory: str) -> list[str]:
+    """The value files in a multiprocess directory (for tests and operators)."""
+    return sorted(os.path.basename(path) for path in glob.glob(os.path.join(directory, "*.db")))
+
+
+@contextmanager
+def _locked(directory: str, operation: int) -> Iterator[None]:
+    with open(os.path.join(directory, "fold.lock"), "a") as lock_file:
+        fcntl.flock(lock_file, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
