@@ -1,0 +1,174 @@
+"""What metrics cost: webhook throughput with METRICS_ENABLED=1 against =0, interleaved.
+
+    .venv/bin/python bench/metrics_ab.py                 # 8 rounds, about 1-2 min on 2 cores
+    .venv/bin/python bench/metrics_ab.py --rounds 12 --requests 600
+
+It is a benchmark, not a test; it needs what `scripts/test` needs. One run:
+
+1. creates a database `clerk_sync_bench_<random>` and applies the migrations;
+2. starts two gunicorns side by side (gunicorn.conf.py, 2 workers x 4 threads unless
+   WEB_CONCURRENCY / GUNICORN_THREADS say otherwise): A records metrics, B has
+   METRICS_ENABLED=0 (no hooks, no files). Only one is under load at a time;
+3. warms both up (V8 needs a few hundred queries per engine), then runs --rounds rounds.
+   Each round sends --requests signed `user.created` webhooks (one new user each, signed
+   before timing) from --clients keep-alive clients to A and to B, in alternating order
+   (AB, BA, AB, ...), so drift in the machine's load hits both alike;
+4. prints each round's req/s, the per-round ratio A/B and its median, and an excerpt
+   of A's /metrics scrape after the load;
+5. stops both servers and drops the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from svix.webhooks import Webhook  # noqa: E402
+
+from prisma_engines import engines, localdb, migrations  # noqa: E402
+from tests.fakeclerk import build_clerk_user  # noqa: E402
+from tests.served import Served, gunicorn_server  # noqa: E402
+
+SECRET = "whsec_" + base64.b64encode(b"clerk-sync metrics A/B secret!!!").decode()
+TOKEN = "metrics-ab-token"
+Message = tuple[bytes, dict[str, str]]
+
+
+def signed_webhooks(count: int) -> list[Message]:
+    webhook, now = Webhook(SECRET), datetime.now(UTC)
+    messages = []
+    for _ in range(count):
+        user = build_clerk_user(f"user_ab_{uuid.uuid4().hex}")
+        body = json.dumps({"type": "user.created", "data": user, "object": "event"})
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        headers = {
+            "svix-id": msg_id,
+            "svix-timestamp": str(int(now.timestamp())),
+            "svix-signature": webhook.sign(msg_id, now, body),
+            "content-type": "application/json",
+        }
+        messages.append((body.encode(), headers))
+    return messages
+
+
+def load(url: str, messages: list[Message], clients: int) -> float:
+    """Send every message from `clients` keep-alive clients; returns requests per second."""
+    chunks = [messages[i::clients] for i in range(clients)]
+    failures: list[int] = []
+    http = [httpx.Client(base_url=url, timeout=60) for _ in range(clients)]
+    for client in http:  # connect before timing
+        client.get("/healthz")
+    start = threading.Barrier(clients + 1)
+
+    def run(client: httpx.Client, chunk: list[Message]) -> None:
+        start.wait()
+        for body, headers in chunk:
+            status = client.post("/webhooks/clerk", content=body, headers=headers).status_code
+            if status != 200:
+                failures.append(status)
+
+    threads = [threading.Thread(target=run, args=pair) for pair in zip(http, chunks, strict=True)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    for client in http:
+        client.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} webhooks failed, e.g. status {failures[0]}")
+    return len(messages) / elapsed
+
+
+@contextlib.contextmanager
+def database() -> Iterator[str]:
+    server = localdb.server_url()
+    name = f"clerk_sync_bench_{uuid.uuid4().hex[:10]}"
+    localdb.create_database(server, name)
+    try:
+        url = localdb.database_url(server, name)
+        migrations.apply_migrations(url, migrations.MIGRATIONS_DIR)
+        yield url
+    finally:
+        localdb.drop_database(server, name)
+
+
+def scrape_excerpt(served: Served) -> str:
+    text = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).text
+    keep = ("_total{", "_count{", "_sum{", "in_flight ")
+    return "\n".join(
+        line for line in text.splitlines() if line.startswith("clerk_sync_") and any(k in line for k in keep)
+    )
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def main(argv: list[str] | None = None) -> int:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--rounds", type=int, default=8, help="A/B pairs (default 8)")
+    parser.add_argument("--requests", type=int, default=400, help="webhooks per phase (default 400)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument("--warmup", type=int, default=400, help="webhooks per server before timing")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    if not env.get("PRISMA_QUERY_ENGINE_BINARY"):
+        env.update(engines.offline_env())
+    env.pop("LOG_QUERIES", None)
+    print(f"metrics A/B, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, load {loadavg()}")
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="clerk-sync-ab-")))
+        env.update(DATABASE_URL=stack.enter_context(database()), CLERK_WEBHOOK_SIGNING_SECRET=SECRET)
+        servers = {
+            "A": stack.enter_context(gunicorn_server({**env, "METRICS_TOKEN": TOKEN}, tmp / "a.log")),
+            "B": stack.enter_context(gunicorn_server({**env, "METRICS_ENABLED": "0"}, tmp / "b.log")),
+        }
+        for served in servers.values():
+            load(served.url, signed_webhooks(args.warmup), args.clients)
+
+        rates: dict[str, list[float]] = {"A": [], "B": []}
+        print(f"{args.rounds} rounds x {args.requests} webhooks per phase, {args.clients} clients")
+        print("round  order  A (metrics) req/s  B (no metrics) req/s  A/B")
+        for round_no in range(args.rounds):
+            order = "AB" if round_no % 2 == 0 else "BA"
+            for name in order:
+                messages = signed_webhooks(args.requests)
+                rates[name].append(load(servers[name].url, messages, args.clients))
+            a, b = rates["A"][-1], rates["B"][-1]
+            print(f"{round_no + 1:>5}  {order:>5}  {a:>18.1f}  {b:>20.1f}  {a / b:.3f}")
+        ratios = [a / b for a, b in zip(rates["A"], rates["B"], strict=True)]
+        median_a, median_b = statistics.median(rates["A"]), statistics.median(rates["B"])
+        print(
+            f"median A {median_a:.1f} req/s, B {median_b:.1f} req/s;"
+            f" A/B per round: median {statistics.median(ratios):.3f},"
+            f" min {min(ratios):.3f}, max {max(ratios):.3f}; load {loadavg()}"
+        )
+        print("\nA's scrape after the load (excerpt: counters, histogram counts and sums):")
+        print(scrape_excerpt(servers["A"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
