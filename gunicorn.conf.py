@@ -28,10 +28,11 @@ errorlog = "-"
 control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
-# Prometheus multiprocess mode: workers keep their counts in files in a fresh directory per
-# master (this file is re-read on HUP: keep the directory). Set before any worker imports the app.
+# Prometheus multiprocess mode: workers keep their counts in files in METRICS_DIR, else in a
+# fresh directory per master (this file is re-read on HUP: keep it). Set before workers import the app.
 if os.environ.get("CLERK_SYNC_METRICS_MASTER") != str(os.getpid()):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="clerk-sync-metrics-")
+    metrics_dir = os.environ.get("METRICS_DIR") or tempfile.mkdtemp(prefix="clerk-sync-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ["CLERK_SYNC_METRICS_MASTER"] = str(os.getpid())
 
 
@@ -49,6 +50,13 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
         database.close()
 
 
+def on_starting(server):  # type: ignore[no-untyped-def]
+    if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
+        from app import metrics
+
+        metrics.fold_dead_processes()
+
+
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """Fold the exited worker's counts into the archive files (app.metrics), so none are lost."""
     from app import metrics
@@ -57,4 +65,5 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
-    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    if not os.environ.get("METRICS_DIR"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

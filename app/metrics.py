@@ -16,6 +16,7 @@ the same file lock, so a scrape never counts a dead worker twice or not at all.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import functools
 import glob
@@ -26,7 +27,16 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-from prometheus_client import (
+
+MULTIPROC_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+# Set before prometheus_client is imported, which reads it once. gunicorn.conf.py sets it for
+# the server; a `flask clerk` job with METRICS_DIR writes into the server's directory too.
+if os.environ.get("METRICS_DIR") and not os.environ.get(MULTIPROC_DIR_VAR):
+    os.environ[MULTIPROC_DIR_VAR] = os.environ["METRICS_DIR"]
+if os.environ.get(MULTIPROC_DIR_VAR):
+    os.makedirs(os.environ[MULTIPROC_DIR_VAR], exist_ok=True)
+
+from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -35,8 +45,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.mmap_dict import MmapedDict  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -45,7 +55,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MULTIPROC_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds; from a fast engine round trip (~1 ms) up to the engine's 20 s request timeout.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 
@@ -118,6 +127,9 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(view.bp)
     if not _enabled:
         return
+    if multiprocess_dir() and "CLERK_SYNC_METRICS_MASTER" not in os.environ:
+        # Not a gunicorn worker (whose master folds it): a `flask clerk` job folds itself.
+        atexit.register(fold_dead_process, os.getpid())
     app.wsgi_app = _InFlight(app.wsgi_app)  # type: ignore[method-assign]
     app.before_request(_start_timer)
     app.after_request(_observe_request)
@@ -357,6 +369,28 @@ def fold_dead_process(pid: int, directory: str | None = None) -> None:
                 archive.close()
             os.remove(dead)
         mark_process_dead(pid, directory)
+
+
+def fold_dead_processes(directory: str | None = None) -> None:
+    """Fold the files of every process that is gone, e.g. left by a server killed outright."""
+    directory = directory or multiprocess_dir()
+    if directory is None:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for name in files(directory):
+        owner = name.removesuffix(".db").rsplit("_", 1)[-1]
+        if owner.isdigit() and not _alive(int(owner)):
+            fold_dead_process(int(owner), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def files(directory: str) -> list[str]:

@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from app.clerk.api import ClerkAPI, ClerkAPIError
 from app.clerk.tokens import InvalidSessionToken, SessionTokenVerifier
 from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET, sign_webhook
 from tests.fakeclerk import FakeClerk, build_clerk_user
-from tests.served import Served, free_port, gunicorn_server
+from tests.served import ROOT, Served, free_port, gunicorn_server
 
 METRICS_TOKEN = "metrics-test-token-0123456789"
 Labels = dict[str, str]
@@ -112,7 +114,7 @@ def serve(
     app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path, **extra: str
 ) -> contextlib.AbstractContextManager[Served]:
     """gunicorn with 3 workers and METRICS_TOKEN set; its temporary files go under tmp_path/tmp."""
-    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp").mkdir(parents=True)
     env = {
         **os.environ,
         "DATABASE_URL": app_database_url,
@@ -212,6 +214,53 @@ def test_restarting_workers_lose_no_counts_and_leave_no_pile_of_files(
         time.sleep(0.2)  # the last restarted worker may still be on its way out
     assert len(metrics.files(str(directory))) <= 2 + 3 * 3 + 1, metrics.files(str(directory))
     assert_no_dead_files(directory, children(served.process.pid) | {served.process.pid})
+
+
+def test_a_shared_metrics_dir_takes_cli_jobs_and_outlives_a_killed_server(
+    app_database_url: str, fake_clerk: FakeClerk, db: object, tmp_path: Path
+) -> None:
+    shared = tmp_path / "metrics"
+    fake_clerk.add_user("user_metrics_cli")
+    get_user = {"operation": "get_user", "result": "ok"}
+    with serve(app_database_url, fake_clerk, tmp_path, METRICS_DIR=str(shared)) as server:
+        body, headers = webhook("user.updated", build_clerk_user("user_metrics_cli"))
+        assert httpx.post(f"{server.url}/webhooks/clerk", content=body, headers=headers).status_code == 200
+
+        # A `flask clerk` job with the same METRICS_DIR adds its counts to the server's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CLERK_", "PROMETHEUS_"))}
+        env.update(
+            DATABASE_URL=app_database_url,
+            CLERK_API_URL=fake_clerk.url,
+            CLERK_SECRET_KEY=fake_clerk.secret_key,
+            METRICS_DIR=str(shared),
+        )
+        job = subprocess.run(
+            [sys.executable, "-m", "flask", "clerk", "sync-user", "user_metrics_cli"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert job.returncode == 0, job.stdout + job.stderr
+        samples = scrape(server.url)
+        assert value(samples, "clerk_sync_clerk_api_request_duration_seconds_count", **get_user) == 1
+        assert value(samples, "clerk_sync_webhook_events_total", event_type="user.updated") == 1
+        processes = children(server.process.pid) | {server.process.pid}
+        assert_no_dead_files(shared, processes)  # the job folded itself on exit
+
+        # The whole server dies without a chance to fold anything.
+        for pid in processes:
+            os.kill(pid, signal.SIGKILL)
+        server.process.wait(timeout=30)
+
+    with serve(app_database_url, fake_clerk, tmp_path / "again", METRICS_DIR=str(shared)) as server:
+        samples = scrape(server.url)
+        assert value(samples, "clerk_sync_clerk_api_request_duration_seconds_count", **get_user) == 1
+        assert value(samples, "clerk_sync_webhook_events_total", event_type="user.updated") == 1
+        assert value(samples, "clerk_sync_http_requests_in_flight") == 1
+        assert_no_dead_files(shared, children(server.process.pid) | {server.process.pid})
+    assert shared.is_dir(), "METRICS_DIR is the operator's: it stays"
 
 
 # --- Access ------------------------------------------------------------------------------------
