@@ -15,7 +15,11 @@ It is a benchmark, not a test; it needs what `scripts/test` needs. One run:
    (AB, BA, AB, ...), so drift in the machine's load hits both alike;
 4. prints each round's req/s, the per-round ratio A/B and its median, and an excerpt
    of A's /metrics scrape after the load;
-5. stops both servers and drops the database.
+5. stops both servers and drops the database;
+6. times, in a child process in multiprocess mode, the hooks one new-user webhook runs
+   (requests in flight up and down, its request latency, its outcome and event type, and
+   five engine round trips), which is the CPU metrics add to each webhook, free of the noise
+   of the load phases.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -120,6 +125,38 @@ def scrape_excerpt(served: Served) -> str:
     )
 
 
+def hook_cost(calls: int = 20000) -> float:
+    """Microseconds of the metrics hooks of one webhook, in a process in multiprocess mode."""
+    with tempfile.TemporaryDirectory(prefix="clerk-sync-hooks-") as directory:
+        child = subprocess.run(
+            [sys.executable, __file__, "--hook-cost-child", str(calls)],
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return float(child.stdout)
+
+
+def hook_cost_child(calls: int) -> None:
+    from app import metrics
+
+    def one_webhook() -> None:
+        metrics.HTTP_IN_FLIGHT.inc()
+        for operation in ("query", "start_transaction", "query", "query", "commit"):
+            metrics.ENGINE_DURATION.labels(operation).observe(0.001)
+        metrics.webhook_applied("user.created", "processed", "created")
+        metrics.HTTP_REQUEST_DURATION.labels("/webhooks/clerk", "POST", "2xx").observe(0.01)
+        metrics.HTTP_IN_FLIGHT.dec()
+
+    for _ in range(1000):
+        one_webhook()
+    began = time.process_time()
+    for _ in range(calls):
+        one_webhook()
+    print((time.process_time() - began) / calls * 1e6)
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -131,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400, help="webhooks per phase (default 400)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--warmup", type=int, default=400, help="webhooks per server before timing")
+    parser.add_argument("--hook-cost-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.hook_cost_child:
+        hook_cost_child(args.hook_cost_child)
+        return 0
 
     env = dict(os.environ)
     if not env.get("PRISMA_QUERY_ENGINE_BINARY"):
@@ -167,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("\nA's scrape after the load (excerpt: counters, histogram counts and sums):")
         print(scrape_excerpt(servers["A"]))
+    print(f"\nCPU of one webhook's metrics hooks (multiprocess mode, in isolation): {hook_cost():.1f} µs")
     return 0
 
 
