@@ -63,9 +63,10 @@ class Database:
                     datasource={"url": self._url},
                     connect_timeout=self._connect_timeout,
                     # httpx's 5 s default is shorter than a write may queue for its user's lock.
-                    http={"timeout": ENGINE_REQUEST_TIMEOUT, **metrics.engine_http_options()},
+                    http={"timeout": ENGINE_REQUEST_TIMEOUT},
                 )
                 client.connect()
+                metrics.time_engine(client)
                 self._client, self._pid = client, os.getpid()
             return self._client
 

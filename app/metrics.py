@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -266,26 +267,34 @@ def jwks_fetch(refresh: F) -> F:
 # --- Database ----------------------------------------------------------------------------------
 
 
-def engine_http_options() -> dict[str, Any]:
-    """httpx options for the Prisma client: event hooks that time each engine round trip."""
-    if not _enabled:
-        return {}
-    return {"event_hooks": {"request": [_engine_request_sent], "response": [_engine_response_received]}}
+def time_engine(client: Any) -> None:
+    """Time each round trip of a connected Prisma client to its engine (transactions share it).
+
+    Wraps the engine's HTTP session, whichever it is (prisma's httpx one or another with
+    the same `request(method, url, ...)`), so the timing doesn't depend on the transport.
+    """
+    engine = client._engine
+    if _enabled and engine is not None and not isinstance(engine.session, _TimedEngineSession):
+        engine.session = _TimedEngineSession(engine.session)
 
 
-def _engine_request_sent(request: httpx.Request) -> None:
-    request.extensions["clerk_sync_started"] = time.perf_counter()
+class _TimedEngineSession:
+    def __init__(self, session: Any) -> None:
+        self._session = session
 
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        response = self._session.request(method, url, **kwargs)
+        operation = _engine_operation(urlsplit(url).path)
+        ENGINE_DURATION.labels(operation).observe(time.perf_counter() - started)
+        return response
 
-def _engine_response_received(response: httpx.Response) -> None:
-    started = response.request.extensions.get("clerk_sync_started")
-    if started is not None:
-        elapsed = time.perf_counter() - started
-        ENGINE_DURATION.labels(_engine_operation(response.request.url.path)).observe(elapsed)
+    def __getattr__(self, name: str) -> Any:  # close(), closed, should_close(), ...
+        return getattr(self._session, name)
 
 
 def _engine_operation(path: str) -> str:
-    if path == "/":
+    if path in ("", "/"):
         return "query"
     if path == "/transaction/start":
         return "start_transaction"

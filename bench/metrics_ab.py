@@ -13,8 +13,10 @@ It is a benchmark, not a test; it needs what `scripts/test` needs. One run:
    Each round sends --requests signed `user.created` webhooks (one new user each, signed
    before timing) from --clients keep-alive clients to A and to B, in alternating order
    (AB, BA, AB, ...), so drift in the machine's load hits both alike;
-4. prints each round's req/s, the per-round ratio A/B and its median, and an excerpt
-   of A's /metrics scrape after the load;
+4. prints each round's req/s and the server's CPU per webhook (gunicorn master, workers and
+   their query engines, from /proc), the per-round ratios A/B and their medians, and an
+   excerpt of A's /metrics scrape after the load. On a shared machine the CPU per webhook
+   is the steadier figure: other processes slow a phase down but don't add to its CPU;
 5. stops both servers and drops the database;
 6. times, in a child process in multiprocess mode, the hooks one new-user webhook runs
    (requests in flight up and down, its request latency, its outcome and event type, and
@@ -71,6 +73,26 @@ def signed_webhooks(count: int) -> list[Message]:
         }
         messages.append((body.encode(), headers))
     return messages
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by `root` and all its descendants (exited ones excluded)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            ticks[int(entry.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+    tree, grew = {root}, True
+    while grew:
+        added = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= added
+        grew = bool(added)
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def load(url: str, messages: list[Message], clients: int) -> float:
@@ -190,21 +212,30 @@ def main(argv: list[str] | None = None) -> int:
             load(served.url, signed_webhooks(args.warmup), args.clients)
 
         rates: dict[str, list[float]] = {"A": [], "B": []}
+        cpu: dict[str, list[float]] = {"A": [], "B": []}
         print(f"{args.rounds} rounds x {args.requests} webhooks per phase, {args.clients} clients")
-        print("round  order  A (metrics) req/s  B (no metrics) req/s  A/B")
+        print("round  order   A req/s   B req/s  A/B req/s   A CPU ms/req  B CPU ms/req  A/B CPU")
         for round_no in range(args.rounds):
             order = "AB" if round_no % 2 == 0 else "BA"
             for name in order:
                 messages = signed_webhooks(args.requests)
+                before = tree_cpu(servers[name].process.pid)
                 rates[name].append(load(servers[name].url, messages, args.clients))
-            a, b = rates["A"][-1], rates["B"][-1]
-            print(f"{round_no + 1:>5}  {order:>5}  {a:>18.1f}  {b:>20.1f}  {a / b:.3f}")
+                cpu[name].append((tree_cpu(servers[name].process.pid) - before) / args.requests * 1000)
+            a, b, ca, cb = rates["A"][-1], rates["B"][-1], cpu["A"][-1], cpu["B"][-1]
+            print(
+                f"{round_no + 1:>5}  {order:>5}  {a:>8.1f}  {b:>8.1f}  {a / b:>9.3f}"
+                f"   {ca:>12.2f}  {cb:>12.2f}  {ca / cb:>7.3f}"
+            )
         ratios = [a / b for a, b in zip(rates["A"], rates["B"], strict=True)]
-        median_a, median_b = statistics.median(rates["A"]), statistics.median(rates["B"])
+        cpu_ratios = [a / b for a, b in zip(cpu["A"], cpu["B"], strict=True)]
+        median = statistics.median
         print(
-            f"median A {median_a:.1f} req/s, B {median_b:.1f} req/s;"
-            f" A/B per round: median {statistics.median(ratios):.3f},"
-            f" min {min(ratios):.3f}, max {max(ratios):.3f}; load {loadavg()}"
+            f"medians: A {median(rates['A']):.1f} req/s, B {median(rates['B']):.1f} req/s,"
+            f" A/B per round {median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f});"
+            f" CPU A {median(cpu['A']):.2f} ms/req, B {median(cpu['B']):.2f} ms/req,"
+            f" A/B per round {median(cpu_ratios):.3f} (min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f});"
+            f" load {loadavg()}"
         )
         print("\nA's scrape after the load (excerpt: counters, histogram counts and sums):")
         print(scrape_excerpt(servers["A"]))

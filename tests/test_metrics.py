@@ -115,8 +115,9 @@ def serve(
 ) -> contextlib.AbstractContextManager[Served]:
     """gunicorn with 3 workers and METRICS_TOKEN set; its temporary files go under tmp_path/tmp."""
     (tmp_path / "tmp").mkdir(parents=True)
+    inherited = ("PROMETHEUS_MULTIPROC_DIR", "CLERK_SYNC_METRICS_MASTER", "METRICS_ENABLED", "METRICS_DIR")
     env = {
-        **os.environ,
+        **{name: setting for name, setting in os.environ.items() if name not in inherited},
         "DATABASE_URL": app_database_url,
         "CLERK_API_URL": fake_clerk.url,
         "CLERK_SECRET_KEY": fake_clerk.secret_key,
@@ -127,8 +128,6 @@ def serve(
         "TMPDIR": str(tmp_path / "tmp"),
         **extra,
     }
-    for name in ("PROMETHEUS_MULTIPROC_DIR", "CLERK_SYNC_METRICS_MASTER", "METRICS_ENABLED"):
-        env.pop(name, None)
     return gunicorn_server(env, tmp_path / "server.log", startup_timeout=90)
 
 
@@ -145,12 +144,26 @@ def restarting(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> 
         yield server
 
 
+def assert_scrape_needs_the_token(url: str) -> None:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        missing = http.get("/metrics")
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "unauthorized"
+        assert missing.headers["WWW-Authenticate"] == "Bearer"
+        assert http.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/metrics", headers={"Authorization": METRICS_TOKEN}).status_code == 401
+        ok = http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert ok.status_code == 200
+        assert "clerk_sync_http_requests_in_flight" in ok.text
+
+
 # --- Exact counts over several workers ---------------------------------------------------------
 
 
 def test_counts_are_exact_across_workers_and_survive_a_killed_worker(
     served: Served, db: object, tmp_path: Path
 ) -> None:
+    assert_scrape_needs_the_token(served.url)
     n = 48
     messages = [
         webhook("user.created", build_clerk_user(f"user_m{i}_{uuid.uuid4().hex[:6]}")) for i in range(n)
@@ -266,19 +279,6 @@ def test_a_shared_metrics_dir_takes_cli_jobs_and_outlives_a_killed_server(
 # --- Access ------------------------------------------------------------------------------------
 
 
-def test_metrics_need_the_token(served: Served) -> None:
-    with httpx.Client(base_url=served.url, timeout=30) as http:
-        missing = http.get("/metrics")
-        assert missing.status_code == 401
-        assert missing.json()["error"]["code"] == "unauthorized"
-        assert missing.headers["WWW-Authenticate"] == "Bearer"
-        assert http.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert http.get("/metrics", headers={"Authorization": METRICS_TOKEN}).status_code == 401
-        ok = http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
-        assert ok.status_code == 200
-        assert "clerk_sync_http_requests_in_flight" in ok.text
-
-
 def test_without_a_token_there_is_no_metrics_endpoint(http: httpx.Client) -> None:
     # The session app (tests/conftest.py) sets no METRICS_TOKEN.
     response = http.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
@@ -322,6 +322,8 @@ def test_webhook_labels_are_bounded_unknown_types_count_as_other(http: httpx.Cli
     ignored = local("clerk_sync_user_syncs_total", source="webhook", outcome="ignored")
     duplicate = local("clerk_sync_user_syncs_total", source="webhook", outcome="duplicate")
     deleted = local("clerk_sync_user_syncs_total", source="webhook", outcome="deleted")
+    queries = local("clerk_sync_engine_request_duration_seconds_count", operation="query")
+    commits = local("clerk_sync_engine_request_duration_seconds_count", operation="commit")
 
     body, headers = webhook("user.evil_" + uuid.uuid4().hex, {"id": "user_x"})
     assert http.post("/webhooks/clerk", content=body, headers=headers).status_code == 200
@@ -337,6 +339,8 @@ def test_webhook_labels_are_bounded_unknown_types_count_as_other(http: httpx.Cli
     assert local("clerk_sync_user_syncs_total", source="webhook", outcome="ignored") == ignored + 1
     assert local("clerk_sync_user_syncs_total", source="webhook", outcome="deleted") == deleted + 1
     assert local("clerk_sync_user_syncs_total", source="webhook", outcome="duplicate") == duplicate + 1
+    assert local("clerk_sync_engine_request_duration_seconds_count", operation="query") > queries
+    assert local("clerk_sync_engine_request_duration_seconds_count", operation="commit") > commits
     route = {"route": "unmatched", "method": "GET", "status_class": "4xx"}
     assert local("clerk_sync_http_request_duration_seconds_count", **route) == unmatched + 1
     exposed = metrics.exposition()[0].decode()
