@@ -52,16 +52,16 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
 
 def on_starting(server):  # type: ignore[no-untyped-def]
     if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
-        from app import metrics
+        from app import metrics_store
 
-        metrics.fold_dead_processes()
+        metrics_store.fold_dead_processes()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """Fold the exited worker's counts into the archive files (app.metrics), so none are lost."""
-    from app import metrics
+    """Fold the exited worker's counts into the archive files (app.metrics_store), so none are lost."""
+    from app import metrics_store
 
-    metrics.fold_dead_process(worker.pid)
+    metrics_store.fold_dead_process(worker.pid)
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]

@@ -5,25 +5,17 @@ decorators) on one line, so instrumentation stays out of its logic. Every label
 value is chosen here from a fixed set: nothing from a request (user ids, paths,
 event types) becomes a label, so the number of series is bounded.
 
-Under gunicorn each worker is its own process. prometheus_client's multiprocess
-mode keeps each process's values in files in `PROMETHEUS_MULTIPROC_DIR` (one
-fresh directory per server run, set up by gunicorn.conf.py), and a scrape adds
-them up. When a worker exits, the master folds its counter and histogram files
-into one archive file per type (`fold_dead_process`), so a restarted or killed
-worker loses no counts and the directory does not grow. A scrape and a fold take
-the same file lock, so a scrape never counts a dead worker twice or not at all.
+Under gunicorn each worker is a process of its own; where their values live and
+how a scrape adds them up is app.metrics_store.
 """
 
 from __future__ import annotations
 
 import atexit
-import fcntl
 import functools
-import glob
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -37,17 +29,9 @@ if os.environ.get("METRICS_DIR") and not os.environ.get(MULTIPROC_DIR_VAR):
 if os.environ.get(MULTIPROC_DIR_VAR):
     os.makedirs(os.environ[MULTIPROC_DIR_VAR], exist_ok=True)
 
-from prometheus_client import (  # noqa: E402
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.mmap_dict import MmapedDict  # noqa: E402
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
+from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
+
+from . import metrics_store  # noqa: E402
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -128,9 +112,9 @@ def init_app(app: Flask, settings: Settings) -> None:
     app.register_blueprint(view.bp)
     if not _enabled:
         return
-    if multiprocess_dir() and "CLERK_SYNC_METRICS_MASTER" not in os.environ:
+    if metrics_store.multiprocess_dir() and "CLERK_SYNC_METRICS_MASTER" not in os.environ:
         # Not a gunicorn worker (whose master folds it): a `flask clerk` job folds itself.
-        atexit.register(fold_dead_process, os.getpid())
+        atexit.register(metrics_store.fold_dead_process, os.getpid())
     app.wsgi_app = _InFlight(app.wsgi_app)  # type: ignore[method-assign]
     app.before_request(_start_timer)
     app.after_request(_observe_request)
@@ -331,87 +315,3 @@ def database_failure_class(exc: BaseException) -> str:
     if isinstance(code, str) and (code.startswith("P1") or code in _TRANSIENT_CODES):
         return "transient"
     return "permanent"
-
-
-# --- Exposition and the multiprocess directory -------------------------------------------------
-
-
-def multiprocess_dir(env: Mapping[str, str] | None = None) -> str | None:
-    return (os.environ if env is None else env).get(MULTIPROC_DIR_VAR) or None
-
-
-def exposition() -> tuple[bytes, str]:
-    """The scrape body and its content type: all workers' values when served by gunicorn."""
-    directory = multiprocess_dir()
-    if directory is None:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)
-    with _locked(directory, fcntl.LOCK_SH):
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-# Per-process files whose values only grow: folded into `<type>_archive.db` when their process ends.
-_FOLDED_TYPES = ("counter", "histogram", "summary")
-
-
-def fold_dead_process(pid: int, directory: str | None = None) -> None:
-    """Move an exited process's counts into the archive files and drop its files.
-
-    Runs in gunicorn's master (child_exit). Live gauges (in-flight) are dropped,
-    since a dead process has nothing in flight.
-    """
-    directory = directory or multiprocess_dir()
-    if directory is None:
-        return
-    with _locked(directory, fcntl.LOCK_EX):
-        for kind in _FOLDED_TYPES:
-            dead = os.path.join(directory, f"{kind}_{pid}.db")
-            if not os.path.exists(dead):
-                continue
-            archive = MmapedDict(os.path.join(directory, f"{kind}_archive.db"))
-            try:
-                for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(dead):
-                    current, _ = archive.read_value(key)
-                    archive.write_value(key, current + value, 0.0)
-            finally:
-                archive.close()
-            os.remove(dead)
-        mark_process_dead(pid, directory)
-
-
-def fold_dead_processes(directory: str | None = None) -> None:
-    """Fold the files of every process that is gone, e.g. left by a server killed outright."""
-    directory = directory or multiprocess_dir()
-    if directory is None:
-        return
-    os.makedirs(directory, exist_ok=True)
-    for name in files(directory):
-        owner = name.removesuffix(".db").rsplit("_", 1)[-1]
-        if owner.isdigit() and not _alive(int(owner)):
-            fold_dead_process(int(owner), directory)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def files(directory: str) -> list[str]:
-    """The value files in a multiprocess directory (for tests and operators)."""
-    return sorted(os.path.basename(path) for path in glob.glob(os.path.join(directory, "*.db")))
-
-
-@contextmanager
-def _locked(directory: str, operation: int) -> Iterator[None]:
-    with open(os.path.join(directory, "fold.lock"), "a") as lock_file:
-        fcntl.flock(lock_file, operation)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)

@@ -20,7 +20,7 @@ from prisma import errors as prisma_errors
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
+from app import metrics, metrics_store
 from app.clerk.api import ClerkAPI, ClerkAPIError
 from app.clerk.tokens import InvalidSessionToken, SessionTokenVerifier
 from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET, sign_webhook
@@ -105,7 +105,7 @@ def metrics_dir(tmp_path: Path) -> Path:
 
 def assert_no_dead_files(directory: Path, live: set[int]) -> None:
     """Only archive files and files of live processes: dead workers leave nothing behind."""
-    for name in metrics.files(str(directory)):
+    for name in metrics_store.files(str(directory)):
         owner = name.removesuffix(".db").rsplit("_", 1)[1]
         assert owner == "archive" or int(owner) in live, (name, live)
 
@@ -195,13 +195,13 @@ def test_counts_are_exact_across_workers_and_survive_a_killed_worker(
             break
         time.sleep(0.2)
     else:
-        pytest.fail(f"the killed worker was not replaced and folded: {metrics.files(str(directory))}")
+        pytest.fail(f"the killed worker was not replaced and folded: {metrics_store.files(str(directory))}")
     check(n)
 
     more = [webhook("user.created", build_clerk_user(f"user_k{i}_{uuid.uuid4().hex[:6]}")) for i in range(12)]
     assert send_webhooks(served.url, more) == [200] * 12
     check(n + 12)
-    assert "counter_archive.db" in metrics.files(str(directory))
+    assert "counter_archive.db" in metrics_store.files(str(directory))
     assert_no_dead_files(directory, children(served.process.pid) | {served.process.pid})
 
     served.process.send_signal(signal.SIGTERM)
@@ -223,9 +223,9 @@ def test_restarting_workers_lose_no_counts_and_leave_no_pile_of_files(
     assert value(samples, duration, route="/webhooks/clerk", method="POST", status_class="4xx") == n
     directory = metrics_dir(tmp_path)
     deadline = time.monotonic() + 30
-    while len(metrics.files(str(directory))) > 2 + 3 * 3 + 1 and time.monotonic() < deadline:
+    while len(metrics_store.files(str(directory))) > 2 + 3 * 3 + 1 and time.monotonic() < deadline:
         time.sleep(0.2)  # the last restarted worker may still be on its way out
-    assert len(metrics.files(str(directory))) <= 2 + 3 * 3 + 1, metrics.files(str(directory))
+    assert len(metrics_store.files(str(directory))) <= 2 + 3 * 3 + 1, metrics_store.files(str(directory))
     assert_no_dead_files(directory, children(served.process.pid) | {served.process.pid})
 
 
@@ -343,7 +343,7 @@ def test_webhook_labels_are_bounded_unknown_types_count_as_other(http: httpx.Cli
     assert local("clerk_sync_engine_request_duration_seconds_count", operation="commit") > commits
     route = {"route": "unmatched", "method": "GET", "status_class": "4xx"}
     assert local("clerk_sync_http_request_duration_seconds_count", **route) == unmatched + 1
-    exposed = metrics.exposition()[0].decode()
+    exposed = metrics_store.exposition()[0].decode()
     assert "user.evil" not in exposed and "/users/" not in exposed
 
 

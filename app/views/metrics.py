@@ -11,7 +11,7 @@ import hmac
 
 from flask import Blueprint, Response, abort, current_app, request
 
-from .. import metrics
+from .. import metrics_store
 from ..config import Settings
 from ..errors import ApiError
 
@@ -30,5 +30,5 @@ def scrape() -> Response:
     ):
         message = "Send Authorization: Bearer <METRICS_TOKEN>."
         raise ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
-    body, content_type = metrics.exposition()
+    body, content_type = metrics_store.exposition()
     return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
