@@ -213,7 +213,7 @@ def test_restarting_workers_lose_no_counts_and_leave_no_pile_of_files(
     restarting: Served, db: object, tmp_path: Path
 ) -> None:
     served = restarting
-    n = 40
+    n = 24
     forged = [(json.dumps({"type": "user.created"}), {"svix-id": f"msg_{i}"}) for i in range(n)]
     assert send_webhooks(served.url, forged, clients=4) == [400] * n
     assert len(request_pids(served.log_path, "/webhooks/clerk")) >= 5, "workers were restarted"
