@@ -22,6 +22,8 @@ from prisma import errors as prisma_errors
 
 from prisma_engines import auth, builder
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 # Prisma Client Python 0.15 corrupts U+0085/U+2028/U+2029 in strings it sends; see prisma_engines.builder.
@@ -79,6 +81,7 @@ class Database:
                     http=auth.http_options(timeout=engine_request_timeout(self._url)),
                 )
                 client.connect()
+                metrics.time_engine(client)
                 self._client, self._pid = client, os.getpid()
             return self._client
 

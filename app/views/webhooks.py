@@ -28,6 +28,7 @@ from prisma.errors import UniqueViolationError
 from prisma.types import WebhookDeliveryCreateInput
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from .. import metrics
 from ..clerk.users import (
     ClerkUser,
     InvalidClerkUser,
@@ -81,6 +82,7 @@ def clerk_webhook() -> ResponseReturnValue:
     except DATABASE_ERRORS as exc:
         # Type and code only: database errors can echo connection details; the traceback goes to debug.
         failure = classify(exc)
+        metrics.database_failure(exc)
         log.debug("webhook %s not applied", clip(msg_id, 128), exc_info=True)
         if not failure.retryable:
             log.warning(
@@ -98,6 +100,7 @@ def clerk_webhook() -> ResponseReturnValue:
             failure.code,
         )
         raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
+    metrics.webhook_applied(event_type, status, outcome)
     log.info("webhook %s %s: %s", clip(msg_id, 128), event_type, outcome)
     return jsonify(status=status, type=event_type, outcome=outcome), 200
 
