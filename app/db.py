@@ -19,6 +19,8 @@ from flask import Flask, current_app
 from prisma import Prisma
 from prisma import errors as prisma_errors
 
+from prisma_engines import transport
+
 log = logging.getLogger(__name__)
 
 # Errors that mean "the database (or its engine) is not answering right now":
@@ -64,6 +66,7 @@ class Database:
                     http={"timeout": ENGINE_REQUEST_TIMEOUT},
                 )
                 client.connect()
+                transport.install(client)  # keep-alive http.client instead of httpx
                 self._client, self._pid = client, os.getpid()
             return self._client
 
