@@ -133,14 +133,15 @@ def guarded_upsert(batch: Batch, clerk_id: str, where: dict[str, Any], fields: d
     )
 
 
-# `judge_snapshot` and the deletion's rule in SQL, over the user row `u` under the lock (all
-# NULL when there is none), so that a statement can label what the guarded upsert will do.
-# $4 is the incoming version.
+# `judge_snapshot` and the deletion's rule in SQL, over the user row `u` as it stands under
+# the lock (all NULL when there is none): the outcome of a write that goes ahead ('created',
+# 'updated', 'deleted'), or NULL when the stored row is as new or a tombstone. $4 is the
+# incoming version.
 SNAPSHOT_OUTCOME_SQL = (
-    """CASE WHEN u."clerkId" IS NULL THEN 'created' WHEN u."deletedAt" IS NOT NULL THEN 'ignored_deleted' """
-    """WHEN u."clerkUpdatedAt" >= $4::timestamptz THEN 'unchanged' ELSE 'updated' END"""
+    """CASE WHEN u."clerkId" IS NULL THEN 'created' WHEN u."deletedAt" IS NOT NULL THEN NULL """
+    """WHEN u."clerkUpdatedAt" >= $4::timestamptz THEN NULL ELSE 'updated' END"""
 )
-DELETION_OUTCOME_SQL = """CASE WHEN u."deletedAt" IS NOT NULL THEN 'unchanged' ELSE 'deleted' END"""
+DELETION_OUTCOME_SQL = """CASE WHEN u."deletedAt" IS NOT NULL THEN NULL ELSE 'deleted' END"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ class UserWrite:
     where: dict[str, Any]
     fields: dict[str, Any]
     kind: str
-    """"snapshot" or "deletion": which `*_OUTCOME_SQL` labels it."""
+    """"snapshot" or "deletion": which `*_OUTCOME_SQL` judges it."""
     version: datetime | None
     plan: Callable[[Prisma], Plan]
 

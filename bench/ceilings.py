@@ -45,26 +45,14 @@ UPSERT_USER_SQL = (
     'WHERE ("public"."User"."clerkId" = %s AND 1=1) RETURNING ' + USER_RETURNING
 )
 # The engine's statements for one new user's webhook (captured with LOG_QUERIES), in psycopg
-# syntax, for the profile's replay: BEGIN, the lock, the delivery record, the upsert's guard
-# read, its INSERT and its read-back, COMMIT.
+# syntax, for the profile's replay: BEGIN, the lock, the delivery record, the upsert above, COMMIT.
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 RECORD_DELIVERY_SQL = (
     'INSERT INTO "WebhookDelivery" ("svixId", "eventType", "clerkUserId", "outcome") SELECT %s, %s, %s, '
-    """CASE WHEN u."clerkId" IS NULL THEN 'created' WHEN u."deletedAt" IS NOT NULL THEN 'ignored_deleted' """
-    """WHEN u."clerkUpdatedAt" >= %s::timestamptz THEN 'unchanged' ELSE 'updated' END """
+    """CASE WHEN u."clerkId" IS NULL THEN 'created' WHEN u."deletedAt" IS NOT NULL THEN NULL """
+    """WHEN u."clerkUpdatedAt" >= %s::timestamptz THEN NULL ELSE 'updated' END """
     'FROM (SELECT 1) AS one LEFT JOIN "User" AS u ON u."clerkId" = %s RETURNING "outcome"'
 )
-GUARD_SQL = (
-    'SELECT "public"."User"."id" FROM "public"."User" WHERE ("public"."User"."clerkId" = %s AND '
-    '("public"."User"."deletedAt" IS NULL AND ("public"."User"."clerkUpdatedAt" IS NULL OR '
-    '"public"."User"."clerkUpdatedAt" < %s))) OFFSET %s'
-)
-INSERT_USER_SQL = (
-    'INSERT INTO "public"."User" ("id","clerkId","email","firstName","lastName","username","imageUrl",'
-    '"clerkUpdatedAt","createdAt","updatedAt") VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) '
-    'RETURNING "public"."User"."id"'
-)
-ROW_SQL = f'SELECT {USER_RETURNING} FROM "public"."User" WHERE "public"."User"."id" = %s LIMIT %s OFFSET %s'
 
 
 def run_db_ceiling(

@@ -80,6 +80,7 @@ def split_profile(profile: dict[str, Any], start_us: float, end_us: float) -> Co
         return part
 
     totals: Counter[str] = Counter()
+    frames: Counter[str] = Counter()
     at = float(profile["startTime"])
     for node_id, delta in zip(profile["samples"], profile["timeDeltas"], strict=False):
         at += delta
@@ -88,8 +89,18 @@ def split_profile(profile: dict[str, Any], start_us: float, end_us: float) -> Co
         name = nodes[node_id]["callFrame"].get("functionName", "")
         if name == "(idle)":
             continue
-        totals[owner(node_id) or OTHER] += delta
+        part = owner(node_id) or OTHER
+        totals[part] += delta
+        frame = nodes[node_id]["callFrame"]
+        where = frame.get("url", "").rsplit("/", 1)[-1] or "native"
+        frames[f"{part}: {name or '(anonymous)'} ({where}:{frame.get('lineNumber', -1) + 1})"] += delta
+    totals_frames.clear()
+    totals_frames.update(frames)
     return totals
+
+
+totals_frames: Counter[str] = Counter()
+"""Self time per frame of the last `split_profile`, for the top list."""
 
 
 def run_engine_profile(db_url: str, k: int, tmp: Path) -> dict[str, float]:
@@ -158,3 +169,6 @@ def _print(per: dict[str, float], k: int, wall: float) -> None:
     for part in order:
         value = per.get(part, 0.0)
         print(f"  {part:<44} {value:>6.2f} ms {value / total * 100 if total else 0:>5.1f}%")
+    print("  top self time (part: function (file:line)), ms per webhook:")
+    for frame, us in totals_frames.most_common(15):
+        print(f"    {us / k / 1000:>6.3f}  {frame}")

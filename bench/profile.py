@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from .ceilings import GUARD_SQL, INSERT_USER_SQL, LOCK_SQL, RECORD_DELIVERY_SQL, ROW_SQL, cuid_like
+from .ceilings import LOCK_SQL, RECORD_DELIVERY_SQL, UPSERT_USER_SQL, cuid_like
 from .cpu import CpuMeter, proc_table
 from .load import loadavg, percentile
 from .workload import WEBHOOK_SECRET, Req, fake_user_id, noop_requests, user_events
@@ -298,9 +298,8 @@ def _replay_sql(db_url: str, k: int) -> list[float]:
             conn.execute("BEGIN")
             conn.execute(LOCK_SQL, (clerk_id,)).fetchall()
             conn.execute(RECORD_DELIVERY_SQL, (msg_id, "user.created", clerk_id, now, clerk_id)).fetchall()
-            conn.execute(GUARD_SQL, (clerk_id, now, 0)).fetchall()
-            row_id = conn.execute(INSERT_USER_SQL, (cuid_like(), clerk_id, *fields, now, now)).fetchone()[0]
-            conn.execute(ROW_SQL, (row_id, 1, 0)).fetchall()
+            upsert = (cuid_like(), clerk_id, *fields, now, now, *fields, now, clerk_id)
+            conn.execute(UPSERT_USER_SQL, upsert).fetchall()
             conn.execute("COMMIT")
             if i >= 20:  # the first ones warm up
                 times.append(time.perf_counter() - t0)

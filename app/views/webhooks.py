@@ -43,7 +43,6 @@ from ..sync import (
     GuardRefused,
     UserWrite,
     deletion_write,
-    guarded_upsert,
     lock_user,
     refused_by_guard,
     snapshot_write,
@@ -147,10 +146,10 @@ def _process(db: Prisma, msg_id: str, event_type: str, write: UserWrite | None) 
     """Apply once: returns ("processed", outcome) or ("duplicate", outcome of the first delivery).
 
     A new event costs one engine round trip: the batch [user lock, delivery
-    record, guarded upsert] (`_record_and_write`). A redelivery runs into the
-    record's primary key and the whole batch rolls back. An event the stored row
-    makes stale (or a tombstone refuses) fails the upsert's guard, rolls back,
-    and is then recorded as such under the lock, writing nothing.
+    record, upsert] (`_record_and_write`). A redelivery runs into the record's
+    primary key and the whole batch rolls back. An event the stored row makes
+    stale (or a tombstone refuses) is refused by the record's judgement, rolls
+    back, and is then recorded as such under the lock, writing nothing.
     """
     try:
         if write is None:
@@ -175,30 +174,43 @@ def _process(db: Prisma, msg_id: str, event_type: str, write: UserWrite | None) 
         return "duplicate", seen.outcome if seen is not None else IGNORED
 
 
-# The delivery record is written by raw SQL because its outcome label depends on the user
-# row as it stands under the lock: one statement reads the row and records the label, in
-# the same round trip as the write, where Prisma's `create` would need the label up front.
+# The delivery record is written by raw SQL because its outcome depends on the user row
+# as it stands under the lock: one statement judges the row (the sync rules, in SQL) and
+# records the label, in the same round trip as the write; Prisma's `create` would need the
+# label up front. When the event must not be written, the label is NULL, which the NOT NULL
+# `outcome` column refuses (23502): the batch rolls back before its upsert runs. So the
+# upsert needs no guard of its own and is keyed on `clerkId` alone, which Prisma runs as
+# one native `INSERT ... ON CONFLICT` instead of a read, a write and a read-back.
 _RECORD_SELECT = (
     'INSERT INTO "WebhookDelivery" ("svixId", "eventType", "clerkUserId", "outcome") SELECT $1, $2, $3, '
 )
 _RECORD_FROM = ' FROM (SELECT 1) AS one LEFT JOIN "User" AS u ON u."clerkId" = $3 RETURNING "outcome"'
 RECORD_SNAPSHOT_SQL = _RECORD_SELECT + SNAPSHOT_OUTCOME_SQL + _RECORD_FROM
 RECORD_DELETION_SQL = _RECORD_SELECT + DELETION_OUTCOME_SQL + _RECORD_FROM
+_NOT_NULL_VIOLATION = "23502"
+_UNIQUE_VIOLATION = "23505"
 
 
 def _record_and_write(db: Prisma, msg_id: str, event_type: str, write: UserWrite) -> str:
-    """One round trip: lock the user, record the delivery with its outcome, guarded upsert."""
+    """One round trip: lock the user, record the delivery with its judged outcome, upsert.
+
+    Raises `GuardRefused` when the judgement refused the write (nothing was written).
+    """
     batch = ResultBatch(db)
     lock_user(batch, write.clerk_id)
     if write.kind == "snapshot":
         batch.query_raw(RECORD_SNAPSHOT_SQL, msg_id, event_type, write.clerk_id, write.version)
     else:
         batch.query_raw(RECORD_DELETION_SQL, msg_id, event_type, write.clerk_id)
-    guarded_upsert(batch, write.clerk_id, write.where, write.fields)
+    batch.user.upsert(
+        where={"clerkId": write.clerk_id},
+        data={"create": {"clerkId": write.clerk_id, **write.fields}, "update": write.fields},
+    )
     try:
         _, recorded, _ = batch.commit_with_results()
-    except UniqueViolationError as exc:
-        if refused_by_guard(exc):
+    except RawQueryError as exc:
+        meta = exc.meta if isinstance(exc.meta, dict) else {}
+        if meta.get("code") == _NOT_NULL_VIOLATION:
             raise GuardRefused from None
         raise
     return str(recorded["rows"][0][0])
@@ -212,7 +224,7 @@ def _redelivered(exc: UniqueViolationError | RawQueryError) -> bool:
     """
     meta = exc.meta if isinstance(exc.meta, dict) else {}
     if isinstance(exc, RawQueryError):
-        return meta.get("code") == "23505"
+        return meta.get("code") == _UNIQUE_VIOLATION
     return not refused_by_guard(exc)
 
 
