@@ -8,7 +8,7 @@ from dotenv import load_dotenv
 from flask import Flask
 from flask_cors import CORS
 
-from . import clerk, cli, db, errors, request_log
+from . import clerk, cli, db, errors, metrics, request_log
 from .config import ConfigError, Settings
 
 # gunicorn's exit code for "App failed to load": the master stops instead of respawning workers.
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     errors.init_app(app)
     request_log.init_app(app)
+    metrics.init_app(app, settings)
     db.init_app(app, settings.database_url)
     clerk.init_app(app, settings)
     cli.init_app(app)

@@ -29,6 +29,8 @@ class Settings:
     clerk_webhook_signing_secret: str | None = None
     clerk_timeout: float = 5.0
     webhook_max_bytes: int = 256 * 1024
+    metrics_token: str | None = None
+    metrics_enabled: bool = True
 
     def __repr__(self) -> str:
         # Settings end up in tracebacks and debug output; secrets must not.
@@ -69,7 +71,12 @@ class Settings:
             clerk_webhook_signing_secret=secret,
             clerk_timeout=_positive_float(env, "CLERK_TIMEOUT", 5.0),
             webhook_max_bytes=int(_positive_float(env, "WEBHOOK_MAX_BYTES", 256 * 1024)),
+            metrics_token=env.get("METRICS_TOKEN") or None,
+            metrics_enabled=env.get("METRICS_ENABLED", "1").strip().lower() not in _FALSE,
         )
+
+
+_FALSE = ("0", "false", "no", "off")
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .. import metrics
 from .deadline import deadline, new_client, remaining
 
 __all__ = [
@@ -145,6 +146,7 @@ class ClerkAPI:
             raise ClerkUnavailable("Clerk returned a JWKS without a 'keys' list", status_code=200)
         return body
 
+    @metrics.clerk_call
     def _get(self, path: str, params: dict[str, int] | None = None) -> httpx.Response:
         headers = {
             "Authorization": f"Bearer {self._secret_key}",

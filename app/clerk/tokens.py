@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.exceptions import InvalidIssuedAtError, InvalidSubjectError
 
+from app import metrics
 from app.clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable
 from app.clerk.deadline import remaining
 from app.clerk.users import clip, is_plausible_user_id
@@ -266,6 +267,7 @@ class _JWKSCache:
             raise ClerkUnavailable(str(failure), status_code=failure.status_code, retry_after=wait)
         raise ClerkAPIError(str(failure), status_code=failure.status_code)
 
+    @metrics.jwks_fetch
     def _refresh(self) -> None:
         try:
             jwks = self.api.get_jwks()

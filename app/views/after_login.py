@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from prisma.models import User
 
+from .. import metrics
 from ..clerk import current_clerk
 from ..clerk.api import ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
 from ..clerk.deadline import deadline
@@ -40,6 +41,7 @@ def after_login() -> ResponseReturnValue:
             claims = clerk.require_verifier().verify(token)
             raw_user = clerk.require_api().get_user(claims.user_id)
     except InvalidSessionToken as exc:
+        metrics.token_rejected(exc.code)
         raise ApiError(401, exc.code, exc.message, headers={"WWW-Authenticate": "Bearer"}) from None
     except ClerkUserNotFound:
         raise ApiError(404, "user_not_found", "Clerk has no such user.") from None
@@ -64,12 +66,14 @@ def after_login() -> ResponseReturnValue:
         result = sync_user_with_database(user, get_db())
     except DATABASE_ERRORS as exc:
         failure = classify(exc)
+        metrics.database_failure(exc)
         if not failure.retryable:
             # Clerk's data that the database won't take: a retry can't help, and it isn't the caller's fault.
             log.error("after-login for %s refused by the database: %s", user.id[:128], failure.code)
             raise ApiError(500, "database_error", "The database refused this user's data.") from None
         log.warning("after-login not stored: %s, %s %s", type(exc).__name__, failure.verdict, failure.code)
         raise ApiError(503, "database_unavailable", "The database is not available; try again.") from None
+    metrics.user_synced("after_login", result.outcome)
     if result.user.deletedAt is not None:
         raise ApiError(410, "user_deleted", "This user was deleted.")
     return jsonify(user_json(result.user)), 200, {"X-Clerk-Sync-Outcome": result.outcome.value}
