@@ -22,6 +22,7 @@ import pytest
 from click.testing import Result
 from flask import Flask
 from prisma import Prisma
+from prometheus_client import REGISTRY
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -68,6 +69,14 @@ def counts(
     }
 
 
+def synced(source: str, outcome: str) -> float:
+    """This process's `clerk_sync_user_syncs_total` sample (the CLI runs in process)."""
+    return (
+        REGISTRY.get_sample_value("clerk_sync_user_syncs_total", {"source": source, "outcome": outcome})
+        or 0.0
+    )
+
+
 def user_gets(clerk: FakeClerk) -> list[str]:
     """Ids asked for one by one (GET /v1/users/{id}), in order."""
     return [r.path.removeprefix("/v1/users/") for r in clerk.requests if r.path.startswith("/v1/users/user_")]
@@ -109,6 +118,7 @@ def test_dry_run_then_real_run_tombstone_users_deleted_without_a_webhook(
     for user_id in gone:
         clerk.remove_user(user_id)  # deleted in Clerk; the webhook never came
     before = stored_rows(db)
+    counted = {outcome: synced("reconcile", outcome) for outcome in ("deleted", "unchanged")}
 
     dry = invoke(clerk_app, "reconcile", "--dry-run", "--page-size", "3")
 
@@ -131,6 +141,9 @@ def test_dry_run_then_real_run_tombstone_users_deleted_without_a_webhook(
         row = db.user.find_unique(where={"clerkId": user_id})
         assert row is not None and row.email is None and row.firstName is None and row.clerkUpdatedAt is None
     assert live(db) == set(ids) - set(gone)
+    # Counted for the metrics by the real run only.
+    assert synced("reconcile", "deleted") - counted["deleted"] == 2
+    assert synced("reconcile", "unchanged") - counted["unchanged"] == 6
     # The progress bar went to stderr, over Clerk's count, then over the candidates.
     assert "[##############################] 6/6 listed" in real.stderr
     assert "2/2 candidates checked" in real.stderr
