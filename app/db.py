@@ -20,7 +20,9 @@ from flask import Flask, current_app
 from prisma import Prisma, _builder
 from prisma import errors as prisma_errors
 
-from prisma_engines import auth, builder
+from prisma_engines import auth, builder, transport
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class Database:
                     http=auth.http_options(timeout=engine_request_timeout(self._url)),
                 )
                 client.connect()
+                transport.install(client)  # keep-alive http.client instead of httpx
+                metrics.time_engine(client)
                 self._client, self._pid = client, os.getpid()
             return self._client
 
