@@ -2,8 +2,10 @@
 
 Prisma Client Python 0.15's query builder used to insert spaces after U+0085,
 U+2028 and U+2029 (see prisma_engines/builder.py). Any string PostgreSQL can store
-as text (anything but NUL) in any stored field, sent by a webhook or fetched from
-Clerk after a login, must come back from the database character for character.
+as text (anything but NUL) in any stored field, within the lengths Clerk sends, sent
+by a webhook or fetched from Clerk after a login, must come back from the database
+character for character. (After a login the id is the token's `sub`, which must look
+like a Clerk id; the webhook path carries arbitrary ids.)
 """
 
 from __future__ import annotations
@@ -66,10 +68,13 @@ def check_both_paths(
     http: httpx.Client, fake_clerk: FakeClerk, url: str, id_text: str, values: dict[str, str]
 ) -> None:
     for path in ("webhook", "after-login"):
-        clerk_id = f"user_{uuid.uuid4().hex}{id_text}"
         if path == "webhook":
+            # Any storable id, within the 64 characters Clerk sends.
+            clerk_id = f"user_{uuid.uuid4().hex[:12]}{id_text}"[:64]
             via_webhook(http, clerk_id, values)
         else:
+            # A session token's `sub` must look like a Clerk id (`user_` and base62) to be fetched at all.
+            clerk_id = f"user_{uuid.uuid4().hex}"
             via_after_login(http, fake_clerk, clerk_id, values)
         assert stored_row(url, clerk_id) == {"id": clerk_id, **values}, path
 
