@@ -60,6 +60,18 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
+    # A configuration mistake stops the master here, in one line: failing in every worker
+    # instead makes gunicorn print a HaltServer traceback when two workers fail at once.
+    from dotenv import load_dotenv
+
+    from app.config import ConfigError, Settings
+
+    load_dotenv()
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        server.log.error("configuration error: %s", exc)
+        raise SystemExit(4) from None
     if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
         from app import metrics_store
 
