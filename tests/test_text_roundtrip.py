@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prisma import Prisma
 
+from app.clerk.users import MAX_LENGTHS
 from tests.conftest import sign_webhook
 from tests.fakeclerk import FakeClerk, build_clerk_user
 
@@ -66,7 +67,10 @@ def check_both_paths(
     http: httpx.Client, fake_clerk: FakeClerk, url: str, id_text: str, values: dict[str, str]
 ) -> None:
     for path in ("webhook", "after-login"):
-        clerk_id = f"user_{uuid.uuid4().hex}{id_text}"
+        # A session token's sub must look like a Clerk user id (user_ and base62), so text rides
+        # in the id on the webhook path only; ids are bounded by what Clerk sends (MAX_LENGTHS).
+        suffix = id_text if path == "webhook" else ""
+        clerk_id = f"user_{uuid.uuid4().hex[:16]}{suffix}"[: MAX_LENGTHS["id"]]
         if path == "webhook":
             via_webhook(http, clerk_id, values)
         else:
