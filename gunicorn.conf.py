@@ -11,9 +11,14 @@ README, "Production server"). Logs are JSON lines (serving.logs).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from pathlib import Path
+
+from dotenv import load_dotenv
 
 wsgi_app = "app:create_app()"
 bind = [os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
@@ -60,6 +65,22 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
+    # A configuration mistake stops the master here, in one line: failing in every worker
+    # instead makes gunicorn print a HaltServer traceback when two workers fail at once.
+    # app/config.py is loaded on its own: importing the `app` package here would create
+    # this master's metric files (app.metrics) before any worker exists.
+    spec = importlib.util.spec_from_file_location(
+        "clerk_sync_config", Path(__file__).parent / "app" / "config.py"
+    )
+    assert spec is not None and spec.loader is not None
+    config = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(config)
+    load_dotenv()
+    try:
+        config.Settings.from_env()
+    except config.ConfigError as exc:
+        server.log.error("configuration error: %s", exc)
+        raise SystemExit(4) from None
     if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
         from app import metrics_store
 
