@@ -24,6 +24,7 @@ from typing import Literal
 import click
 from prisma import Prisma
 
+from . import metrics
 from .backfill import DEFAULT_PAGE_SIZE, Listed, PageRun, RunStopped
 from .clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
 from .clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user
@@ -74,6 +75,7 @@ class Reconcile:
             progress=Progress.start(self.total),
             on_page=self.listed,
             planned=self.planned,
+            source="reconcile",
             relabel=FORWARD_LABELS,
         )
         forward.run()
@@ -184,6 +186,8 @@ class Reconcile:
             self.fail(user.id, describe_error(exc))
             return
         self.tally.add(KEPT)
+        if not self.dry_run:
+            metrics.user_synced("reconcile", outcome.value)
         if outcome in WRITES:
             self.report(UPDATED, user.id, "still in Clerk, missed by the listing")
 
@@ -200,6 +204,8 @@ class Reconcile:
             self.fail(clerk_id, describe_error(exc))
             return
         if done:
+            if not self.dry_run:
+                metrics.user_synced("reconcile", SyncOutcome.DELETED.value)
             self.tally.add(TOMBSTONED)
             self.report(TOMBSTONED, clerk_id, "not found in Clerk")
         else:

@@ -23,6 +23,7 @@ import pytest
 from click.testing import Result
 from flask import Flask
 from prisma import Prisma
+from prometheus_client import REGISTRY
 
 from app import create_app
 from app.config import Settings
@@ -49,7 +50,7 @@ def clerk() -> Iterator[FakeClerk]:
         yield fake
 
 
-def make_app(database_url: str, clerk: FakeClerk) -> Flask:
+def make_app(database_url: str, clerk: FakeClerk, clerk_timeout: float = 2.0) -> Flask:
     """An app on `clerk`, its database client already connected.
 
     Connecting spawns Prisma's engine with this process's stdout, which the CLI
@@ -60,7 +61,7 @@ def make_app(database_url: str, clerk: FakeClerk) -> Flask:
             database_url=database_url,
             clerk_api_url=clerk.url,
             clerk_secret_key=clerk.secret_key,
-            clerk_timeout=2.0,
+            clerk_timeout=clerk_timeout,
         )
     )
     app.extensions["database"].client()
@@ -157,6 +158,10 @@ def test_backfill_imports_every_user_page_by_page(clerk_app: Flask, clerk: FakeC
         user_id: f"{user_id}@example.com" for user_id in ids
     }
     assert list_requests(clerk) == [("10", "0"), ("10", "10"), ("10", "20")]
+    created = REGISTRY.get_sample_value(
+        "clerk_sync_user_syncs_total", {"source": "backfill", "outcome": "created"}
+    )
+    assert created is not None and created >= 23  # counted for the metrics
     assert all(r.authorized for r in clerk.requests)
     # Clerk's user count gives the progress bar its length.
     assert "[##############################] 23/23 listed, 23 processed" in result.stderr

@@ -22,6 +22,7 @@ import pytest
 from click.testing import Result
 from flask import Flask
 from prisma import Prisma
+from prometheus_client import REGISTRY
 from werkzeug.serving import make_server
 
 from app import create_app
@@ -29,7 +30,7 @@ from app.config import Settings
 from app.sync import delete_user_from_database
 from tests.conftest import WEBHOOK_SECRET, sign_webhook
 from tests.fakeclerk import FakeClerk, RecordedRequest, build_clerk_user
-from tests.test_cli import add_users, clerk, clerk_app, invoke, stored_rows
+from tests.test_cli import add_users, clerk, clerk_app, invoke, make_app, stored_rows
 
 __all__ = ["clerk", "clerk_app"]  # fixtures, used by name
 
@@ -66,6 +67,14 @@ def counts(
         "kept": kept,
         "failed": failed,
     }
+
+
+def synced(source: str, outcome: str) -> float:
+    """This process's `clerk_sync_user_syncs_total` sample (the CLI runs in process)."""
+    return (
+        REGISTRY.get_sample_value("clerk_sync_user_syncs_total", {"source": source, "outcome": outcome})
+        or 0.0
+    )
 
 
 def user_gets(clerk: FakeClerk) -> list[str]:
@@ -109,6 +118,7 @@ def test_dry_run_then_real_run_tombstone_users_deleted_without_a_webhook(
     for user_id in gone:
         clerk.remove_user(user_id)  # deleted in Clerk; the webhook never came
     before = stored_rows(db)
+    counted = {outcome: synced("reconcile", outcome) for outcome in ("deleted", "unchanged")}
 
     dry = invoke(clerk_app, "reconcile", "--dry-run", "--page-size", "3")
 
@@ -131,6 +141,9 @@ def test_dry_run_then_real_run_tombstone_users_deleted_without_a_webhook(
         row = db.user.find_unique(where={"clerkId": user_id})
         assert row is not None and row.email is None and row.firstName is None and row.clerkUpdatedAt is None
     assert live(db) == set(ids) - set(gone)
+    # Counted for the metrics by the real run only.
+    assert synced("reconcile", "deleted") - counted["deleted"] == 2
+    assert synced("reconcile", "unchanged") - counted["unchanged"] == 6
     # The progress bar went to stderr, over Clerk's count, then over the candidates.
     assert "[##############################] 6/6 listed" in real.stderr
     assert "2/2 candidates checked" in real.stderr
@@ -311,6 +324,15 @@ def test_more_deletions_than_the_limit_tombstone_nothing(
 
 
 @pytest.fixture
+def patient_app(clerk: FakeClerk, db: Prisma, app_database_url: str) -> Iterator[Flask]:
+    """`clerk_app` with a Clerk timeout long enough for a hook that delivers webhooks before
+    the fake answers: a timeout would retry the request and run the hook again."""
+    app = make_app(app_database_url, clerk, clerk_timeout=60.0)
+    yield app
+    app.extensions["database"].close()
+
+
+@pytest.fixture
 def webhook_url(clerk: FakeClerk, app_database_url: str) -> Iterator[str]:
     """The app, on the same database and fake Clerk, serving webhooks on a real socket."""
     app = create_app(
@@ -339,9 +361,9 @@ def deliver(url: str, event_type: str, data: dict[str, Any]) -> str:
 
 
 def test_reconcile_never_tombstones_a_row_written_during_the_run(
-    clerk_app: Flask, clerk: FakeClerk, db: Prisma, webhook_url: str
+    patient_app: Flask, clerk: FakeClerk, db: Prisma, webhook_url: str
 ) -> None:
-    ids = imported(clerk_app, clerk, 6)
+    ids = imported(patient_app, clerk, 6)
     later = int(time.time() * 1000) + 60_000
     # Deleted in Clerk with no webhook, but a late user.updated lands during the run.
     touched = ids[0]
@@ -361,7 +383,7 @@ def test_reconcile_never_tombstones_a_row_written_during_the_run(
             outcomes.append(deliver(webhook_url, "user.updated", newer))
 
     clerk.before_answer(on_listing(webhooks_now))
-    result = invoke(clerk_app, "reconcile", "--page-size", "2")
+    result = invoke(patient_app, "reconcile", "--page-size", "2")
     clerk.before_answer(None)
 
     assert outcomes == ["updated", "deleted", "updated"]
@@ -376,9 +398,9 @@ def test_reconcile_never_tombstones_a_row_written_during_the_run(
 
 
 def test_a_webhook_between_clerks_404_and_the_tombstone_wins(
-    clerk_app: Flask, clerk: FakeClerk, db: Prisma, webhook_url: str
+    patient_app: Flask, clerk: FakeClerk, db: Prisma, webhook_url: str
 ) -> None:
-    ids = imported(clerk_app, clerk, 3)
+    ids = imported(patient_app, clerk, 3)
     touched, gone = sorted(ids[:2])
     for user_id in (touched, gone):
         clerk.remove_user(user_id)
@@ -392,7 +414,7 @@ def test_a_webhook_between_clerks_404_and_the_tombstone_wins(
             outcomes.append(deliver(webhook_url, "user.updated", user))
 
     clerk.before_answer(webhook_while_asking)
-    result = invoke(clerk_app, "reconcile")
+    result = invoke(patient_app, "reconcile")
     clerk.before_answer(None)
 
     assert outcomes == ["updated"]
@@ -406,9 +428,9 @@ def test_a_webhook_between_clerks_404_and_the_tombstone_wins(
 
 
 def test_reconcile_racing_a_webhook_storm_for_the_same_users(
-    clerk_app: Flask, clerk: FakeClerk, db: Prisma, webhook_url: str
+    patient_app: Flask, clerk: FakeClerk, db: Prisma, webhook_url: str
 ) -> None:
-    ids = imported(clerk_app, clerk, 40)
+    ids = imported(patient_app, clerk, 40)
     gone = ids[-8:]  # deleted in Clerk without a webhook, never touched during the run
     for user_id in gone:
         clerk.remove_user(user_id)
@@ -432,7 +454,7 @@ def test_reconcile_racing_a_webhook_storm_for_the_same_users(
 
     with ThreadPoolExecutor(max_workers=1) as background:
         webhooks = background.submit(storm)
-        result = invoke(clerk_app, "reconcile", "--page-size", "5")
+        result = invoke(patient_app, "reconcile", "--page-size", "5")
         outcomes = webhooks.result(timeout=120)
     clerk.before_answer(None)
 
