@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from . import metrics
 from .clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable
 from .clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user
 from .db import UNAVAILABLE_ERRORS, get_db
@@ -66,6 +67,8 @@ class PageRun:
     """Dry run only: versions a real run would have written so far, so a user listed twice counts alike."""
     relabel: Mapping[str, str] = field(default_factory=dict)
     """Tally labels to count under another name (reconcile's own summary)."""
+    source: str = "backfill"
+    """Who runs the pages, for the metrics (`clerk_sync_user_syncs_total`)."""
     consecutive_db_failures: int = 0
 
     def run(self) -> None:
@@ -142,6 +145,7 @@ class PageRun:
                 raise
             return labels
         self.consecutive_db_failures = 0
+        metrics.users_synced(self.source, outcomes)
         return [OUTCOME_LABELS[outcome] for outcome in outcomes]
 
     def store_one(self, user: ClerkUser) -> str:
@@ -161,6 +165,7 @@ class PageRun:
                 ) from None
             return FAILED
         self.consecutive_db_failures = 0
+        metrics.user_synced(self.source, outcome)
         return OUTCOME_LABELS[outcome]
 
 

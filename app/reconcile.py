@@ -24,6 +24,7 @@ from typing import Literal
 import click
 from prisma import Prisma
 
+from . import metrics
 from .backfill import DEFAULT_PAGE_SIZE, Listed, PageRun, RunStopped
 from .clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
 from .clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user
@@ -75,6 +76,7 @@ class Reconcile:
             on_page=self.listed,
             planned=self.planned,
             relabel=FORWARD_LABELS,
+            source="reconcile",
         )
         forward.run()
         # Only a complete listing may make candidates: a run stopped half-way raised above.
@@ -183,6 +185,8 @@ class Reconcile:
         except UNAVAILABLE_ERRORS as exc:
             self.fail(user.id, describe_error(exc))
             return
+        if not self.dry_run:
+            metrics.user_synced("reconcile", outcome)
         self.tally.add(KEPT)
         if outcome in WRITES:
             self.report(UPDATED, user.id, "still in Clerk, missed by the listing")
@@ -200,6 +204,8 @@ class Reconcile:
             self.fail(clerk_id, describe_error(exc))
             return
         if done:
+            if not self.dry_run:
+                metrics.user_synced("reconcile", "deleted")
             self.tally.add(TOMBSTONED)
             self.report(TOMBSTONED, clerk_id, "not found in Clerk")
         else:
