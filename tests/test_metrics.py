@@ -217,10 +217,11 @@ def test_restarting_workers_lose_no_counts_and_leave_no_pile_of_files(
     restarting: Served, db: object, tmp_path: Path
 ) -> None:
     served = restarting
-    n = 24
+    n = 30
     forged = [(json.dumps({"type": "user.created"}), {"svix-id": f"msg_{i}"}) for i in range(n)]
     assert send_webhooks(served.url, forged, clients=4) == [400] * n
-    assert len(request_pids(served.log_path, "/webhooks/clerk")) >= 5, "workers were restarted"
+    # A worker may finish the requests it already took past its 4th, but not 30 over 3 workers.
+    assert len(request_pids(served.log_path, "/webhooks/clerk")) > 3, "workers were restarted"
 
     samples = scrape(served.url)
     duration = "clerk_sync_http_request_duration_seconds_count"
