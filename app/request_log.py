@@ -1,4 +1,4 @@
-"""Structured logs: one JSON line per request, and JSON for every other record too.
+"""Structured logs: one JSON line per request, and JSON for every other record too (serving.logs).
 
 Only the method, the path (never the query string), the status, the duration
 and ids go into a request line: headers and bodies carry session tokens, Svix
@@ -7,35 +7,19 @@ signatures and personal data, so none of them is ever logged.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import uuid
-from datetime import UTC, datetime
 
 from flask import Flask, Response, g, request
+
+from serving.logs import JsonFormatter
 
 log = logging.getLogger("app.request")
 
 _REQUEST_ID = "X-Request-Id"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-        }
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
 
 
 def configure_logging() -> None:

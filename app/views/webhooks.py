@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,16 +27,19 @@ from prisma.errors import RawQueryError, UniqueViolationError
 from prisma.types import WebhookDeliveryCreateInput
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from .. import metrics
 from ..batch import ResultBatch
 from ..clerk.users import (
     ClerkUser,
     InvalidClerkUser,
+    clip,
     parse_clerk_user,
     parse_deleted_user_id,
     require_storable,
 )
 from ..config import Settings
-from ..db import UNAVAILABLE_ERRORS, get_db
+from ..db import DATABASE_ERRORS, get_db
+from ..db_errors import classify
 from ..errors import ApiError
 from ..sync import (
     DELETION_OUTCOME_SQL,
@@ -63,22 +67,49 @@ def clerk_webhook() -> ResponseReturnValue:
     webhook = _webhook(settings)
     body = _read_body(settings.webhook_max_bytes)
     msg_id = request.headers.get("svix-id", "")
+    headers = {name: request.headers.get(name, "") for name in _SVIX_HEADERS}
     try:
-        webhook.verify(body, {name: request.headers.get(name, "") for name in _SVIX_HEADERS})
+        # Svix signs text: a body that is not UTF-8 is no Svix delivery, whoever signed it.
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _unusable(msg_id, "the body is not UTF-8") from None
+    try:
+        webhook.verify(body, headers)
     except (WebhookVerificationError, ValueError) as exc:
         # svix raises plain ValueError (and binascii.Error) for some malformed headers.
-        log.warning("webhook %s rejected: signature not verified (%s)", msg_id[:128], type(exc).__name__)
+        log.warning(
+            "webhook %s rejected: signature not verified (%s)",
+            clip(msg_id, 128),
+            _why_unverified(exc, headers),
+        )
         raise ApiError(400, "invalid_signature", "The webhook signature could not be verified.") from None
 
     event_type, plan = _parse_event(body, msg_id)
     try:
         status, outcome = _process(get_db(), msg_id, event_type, plan)
-    except UNAVAILABLE_ERRORS as exc:
-        # The type only: database errors can echo connection details; the traceback goes to debug.
-        log.warning("webhook %s (%s) not applied: %s", msg_id[:128], event_type, type(exc).__name__)
-        log.debug("webhook %s not applied", msg_id[:128], exc_info=True)
+    except DATABASE_ERRORS as exc:
+        # Type and code only: database errors can echo connection details; the traceback goes to debug.
+        failure = classify(exc)
+        metrics.database_failure(exc)
+        log.debug("webhook %s not applied", clip(msg_id, 128), exc_info=True)
+        if not failure.retryable:
+            log.warning(
+                "webhook %s (%s) refused by the database: %s", clip(msg_id, 128), event_type, failure.code
+            )
+            raise ApiError(
+                400, "invalid_payload", f"The database refuses this payload (code {failure.code})."
+            ) from None
+        log.warning(
+            "webhook %s (%s) not applied: %s, %s %s",
+            clip(msg_id, 128),
+            event_type,
+            type(exc).__name__,
+            failure.verdict,
+            failure.code,
+        )
         raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
-    log.info("webhook %s %s: %s", msg_id[:128], event_type, outcome)
+    metrics.webhook_applied(event_type, status, outcome)
+    log.info("webhook %s %s: %s", clip(msg_id, 128), event_type, outcome)
     return jsonify(status=status, type=event_type, outcome=outcome), 200
 
 
@@ -104,8 +135,26 @@ def _read_body(limit: int) -> bytes:
     return body
 
 
+def _why_unverified(exc: Exception, headers: dict[str, str]) -> str:
+    """Why verification failed, in words an operator can act on; never a secret or a signature."""
+    if not isinstance(exc, WebhookVerificationError):
+        return "malformed svix-signature header"
+    reason = str(exc)[:64]  # svix's own fixed messages
+    if "timestamp too" in reason:
+        try:
+            skew = time.time() - float(headers["svix-timestamp"])
+        except ValueError:
+            return reason
+        minutes = abs(skew) / 60
+        side = "past" if skew > 0 else "future"
+        return f"timestamp {minutes:.0f} min in the {side}; Svix allows 5 (is this server's clock right?)"
+    if reason == "No matching signature found":
+        return "no signature matches CLERK_WEBHOOK_SIGNING_SECRET (was the secret rolled?)"
+    return reason
+
+
 def _unusable(msg_id: str, reason: str) -> ApiError:
-    log.warning("webhook %s rejected: %s", msg_id[:128], reason)
+    log.warning("webhook %s rejected: %s", clip(msg_id, 128), reason)
     return ApiError(400, "invalid_payload", f"The webhook payload is unusable: {reason}.")
 
 
@@ -117,6 +166,7 @@ def _parse_event(body: bytes, msg_id: str) -> tuple[str, UserWrite | None]:
         raise _unusable(msg_id, "not JSON") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("type"), str) or not payload["type"]:
         raise _unusable(msg_id, "no event type")
+    # Everything quoted from here on is bounded by require_storable, so no log line can grow with the input.
     event_type: str = payload["type"]
     data = payload.get("data")
     try:
