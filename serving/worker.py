@@ -72,7 +72,7 @@ class BufferingWorker(GeventWorker):
         self.body_timeout = _env_number("REQUEST_BODY_TIMEOUT", 10.0)
         self.max_body = int(_env_number("REQUEST_MAX_BYTES", 1024 * 1024))
         self.app_slots = BoundedSemaphore(int(_env_number("APP_CONCURRENCY", 4)))
-        self.login_slots = BoundedSemaphore(int(_env_number("LOGIN_CONCURRENCY", 16)))
+        self.login_slots = BoundedSemaphore(int(_env_number("LOGIN_CONCURRENCY", 8)))
         super().init_process()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
@@ -129,10 +129,12 @@ class BufferingWorker(GeventWorker):
         else:
             # The type only: a parse error's text quotes the request, which may carry a token.
             message = f"The request is malformed ({type(exc).__name__})."
-        self._refuse(req, client, Refused(status, code, message))
+        self._refuse(req, client, Refused(status, code, message), error=type(exc).__name__)
 
-    def _refuse(self, req: Any, sock: Any, refused: Refused) -> None:
-        fields = {"event": "refused", "status": refused.status, "code": refused.code}
+    def _refuse(self, req: Any, sock: Any, refused: Refused, error: str | None = None) -> None:
+        fields: dict[str, Any] = {"event": "refused", "status": refused.status, "code": refused.code}
+        if error:
+            fields["error"] = error
         if req is not None:
             fields.update(method=req.method, path=req.path)
         self.log.warning("refused: %s %s", refused.status, refused.code, extra={"fields": fields})
