@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.attacks import read_answer, user_webhook
 from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET, sign_webhook
 from tests.fakeclerk import FakeClerk
 from tests.served import Served, gunicorn_server
@@ -61,20 +64,28 @@ def gunicorn(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> It
         yield server
 
 
-def _engine_pids(master: int) -> set[int]:
-    """The query engines: children of the master's worker processes."""
-    return {engine for worker in _children(master) for engine in _children(worker)}
+def _is_engine(pid: int) -> bool:
+    """A query engine serving its client, as Prisma spawns it (not e.g. its `--version` probe)."""
+    try:
+        return b"--enable-raw-queries" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def test_each_worker_owns_an_engine_and_sigterm_leaves_none(gunicorn: Served, db: object) -> None:
     workers = _children(gunicorn.process.pid)
     assert len(workers) == 2
+    # /healthz answered from one worker; the other may still be starting its engine, with
+    # short-lived helpers of its own. Wait until each worker has settled on its children.
     deadline = time.monotonic() + 30
-    while len(_engine_pids(gunicorn.process.pid)) < 2 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        children = {worker: _children(worker) for worker in workers}
+        if all(len(c) == 1 and _is_engine(next(iter(c))) for c in children.values()):
+            break
         time.sleep(0.1)
-    engines = _engine_pids(gunicorn.process.pid)
+    engines = {engine for c in children.values() for engine in c}
     assert len(engines) == 2, "one engine per worker, started after fork"
-    assert all(len(_children(worker)) == 1 for worker in workers)
+    assert all(len(c) == 1 and all(_is_engine(pid) for pid in c) for c in children.values())
 
     gunicorn.process.send_signal(signal.SIGTERM)
     assert gunicorn.process.wait(timeout=30) == 0
@@ -113,3 +124,52 @@ def test_request_log_is_one_json_line_per_request_without_secrets(
     assert ("POST", "/webhooks/clerk", 400) in by_path
     assert all(r["duration_ms"] >= 0 and r["request_id"] for r in requests)
     assert sum(r["path"] == "/after-login" for r in requests) == 1
+
+
+def test_sigterm_to_the_process_group_drains_like_sigterm_to_the_master(gunicorn: Served, db: object) -> None:
+    """systemd's KillMode=control-group signals every process, the query engines too."""
+    answered_before: list[int | str] = []  # requests sent before the signal
+    answered_after: list[int | str] = []
+    signalled = 0.0
+
+    async def client() -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", gunicorn.port)
+            except OSError:
+                return  # the listener is closed: the server is stopping
+            try:
+                while True:
+                    sent_at = time.monotonic()
+                    writer.write(user_webhook())
+                    answer = await asyncio.wait_for(read_answer(reader), 30)
+                    (answered_before if not signalled or sent_at < signalled else answered_after).append(
+                        answer.status
+                    )
+                    if answer.headers.get("connection") == "close":
+                        break
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                if not signalled or sent_at < signalled:
+                    answered_before.append(type(exc).__name__)  # lost: it was sent before the signal
+                return
+            finally:
+                writer.close()
+
+    async def attack() -> None:
+        nonlocal signalled
+        clients = [asyncio.create_task(client()) for _ in range(32)]
+        await asyncio.sleep(2)
+        signalled = time.monotonic()
+        os.killpg(gunicorn.process.pid, signal.SIGTERM)
+        await asyncio.gather(*clients)
+
+    started = time.monotonic()
+    asyncio.run(attack())
+    assert gunicorn.process.wait(timeout=40) == 0
+    print(
+        f"\ngroup SIGTERM: sent before {len(answered_before)} {dict(Counter(answered_before))}, "
+        f"after {len(answered_after)} {dict(Counter(answered_after))}, {time.monotonic() - started:.1f} s"
+    )
+    assert len(answered_before) >= 32
+    assert all(status == 200 for status in answered_before), "every request sent before the signal is applied"
+    assert not [status for status in answered_after if not isinstance(status, int) or status >= 500]
