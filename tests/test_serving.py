@@ -173,3 +173,51 @@ def test_sigterm_to_the_process_group_drains_like_sigterm_to_the_master(gunicorn
     assert len(answered_before) >= 32
     assert all(status == 200 for status in answered_before), "every request sent before the signal is applied"
     assert not [status for status in answered_after if not isinstance(status, int) or status >= 500]
+
+
+async def _exchange(port: int, *requests: bytes) -> tuple[list[tuple[int, dict[str, str], object]], bool]:
+    """Sends each request on one connection, reading each answer; and whether the server then closed it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        for request in requests:
+            writer.write(request)
+            await writer.drain()
+            answer = await asyncio.wait_for(read_answer(reader), 30)
+            answers.append((answer.status, answer.headers, json.loads(answer.body)))
+            if answer.headers.get("connection") == "close":
+                break
+        closed = await asyncio.wait_for(reader.read(1), 5) == b""
+    finally:
+        writer.close()
+    return answers, closed
+
+
+def test_server_answers_are_json_and_close_honestly(gunicorn: Served, db: object) -> None:
+    port = gunicorn.port
+    healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def post(size: int) -> bytes:
+        head = f"POST /webhooks/clerk HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+        return head.encode() + b" " * size
+
+    # Over the server's REQUEST_MAX_BYTES (1 MiB): refused before the app, and closed.
+    [(status, headers, body)], closed = asyncio.run(_exchange(port, post(2 * 1024 * 1024), healthz))
+    assert (status, headers["connection"], body["error"]["code"]) == (413, "close", "payload_too_large")
+    assert closed
+    # Over the webhook limit (256 KiB) but read whole: the app's 413, and the connection goes on.
+    answers, _ = asyncio.run(_exchange(port, post(300 * 1024), healthz))
+    assert [a[0] for a in answers] == [413, 200]
+    assert answers[0][1].get("connection") != "close"
+    assert answers[0][2]["error"]["code"] == "payload_too_large"
+    # gunicorn's own parse errors: JSON, closed.
+    for request, expected in (
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+    ):
+        [(status, headers, body)], closed = asyncio.run(_exchange(port, request, healthz))
+        assert (status, headers["connection"]) == (expected, "close")
+        assert headers["content-type"] == "application/json"
+        assert set(body["error"]) == {"code", "message"}
+        assert closed
