@@ -114,11 +114,12 @@ def test_request_log_is_one_json_line_per_request_without_secrets(
     text = gunicorn.log_path.read_text()
     for secret in (token, headers["svix-signature"], WEBHOOK_SECRET, fake_clerk.secret_key):
         assert secret not in text
-    requests = [
-        json.loads(line)
-        for line in text.splitlines()
-        if line.startswith("{") and '"event": "request"' in line
-    ]
+    # One log format: every line, the server's own included, is a JSON object of one shape.
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert all({"ts", "level", "logger", "message", "pid"} <= line.keys() for line in lines)
+    server_lines = {line["message"].split(":")[0] for line in lines if line["logger"] == "gunicorn.error"}
+    assert {"Booting worker with pid", "Shutting down"} <= server_lines
+    requests = [line for line in lines if line.get("event") == "request"]
     by_path = {(r["method"], r["path"], r["status"]) for r in requests}
     assert ("POST", "/after-login", 200) in by_path
     assert ("POST", "/webhooks/clerk", 400) in by_path
