@@ -12,6 +12,8 @@ README, "Production server"). Logs are JSON lines (serving.logs).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 wsgi_app = "app:create_app()"
 bind = [os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
@@ -35,6 +37,13 @@ logger_class = "serving.logs.GunicornLogger"
 control_socket_disable = True
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
+# Prometheus multiprocess mode: workers keep their counts in files in METRICS_DIR, else in a
+# fresh directory per master (this file is re-read on HUP: keep it). Set before workers import the app.
+if os.environ.get("CLERK_SYNC_METRICS_MASTER") != str(os.getpid()):
+    metrics_dir = os.environ.get("METRICS_DIR") or tempfile.mkdtemp(prefix="clerk-sync-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ["CLERK_SYNC_METRICS_MASTER"] = str(os.getpid())
+
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
     """Start this worker's query engine now, so the first request doesn't pay for it."""
@@ -48,3 +57,22 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     database = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("database")
     if database is not None:
         database.close()
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
+        from app import metrics_store
+
+        metrics_store.fold_dead_processes()
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    """Fold the exited worker's counts into the archive files (app.metrics_store), so none are lost."""
+    from app import metrics_store
+
+    metrics_store.fold_dead_process(worker.pid)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    if not os.environ.get("METRICS_DIR"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -13,25 +13,43 @@ import logging
 import os
 import threading
 from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 from flask import Flask, current_app
-from prisma import Prisma
+from prisma import Prisma, _builder
 from prisma import errors as prisma_errors
+
+from prisma_engines import auth, builder, transport
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 
-# Errors that mean "the database (or its engine) is not answering right now":
-# the request may succeed if retried, so callers answer 503.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    prisma_errors.PrismaError,
-    prisma_errors.ClientNotConnectedError,
-    httpx.TransportError,
-)
+# Prisma Client Python 0.15 corrupts U+0085/U+2028/U+2029 in strings it sends; see prisma_engines.builder.
+builder.patch(_builder)
+
+# Every failure of the database or its engine: `db_errors.classify` says which are transient.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (prisma_errors.PrismaError, httpx.TransportError)
+UNAVAILABLE_ERRORS = DATABASE_ERRORS
 
 
-# Longer than sync.TRANSACTION_TIMEOUT, after which the engine gives up by itself.
-ENGINE_REQUEST_TIMEOUT = 20.0
+def engine_request_timeout(url: str) -> float:
+    """Seconds to wait for one engine answer: longer than the engine's own bounds, so it answers first.
+
+    The offline engine waits at most `pool_timeout` for a connection, then `socket_timeout`
+    for the query (URL parameters, defaults 10 and 10; prisma/src/pool.mjs), and
+    an interactive transaction start at most its max_wait (10 s, app/sync.py).
+    """
+    params = parse_qs(urlsplit(url).query)
+
+    def seconds(name: str, default: float) -> float:
+        try:
+            return float(params[name][0])
+        except (KeyError, IndexError, ValueError):
+            return default
+
+    return max(seconds("pool_timeout", 10) + seconds("socket_timeout", 10), 10) + 5
 
 
 class Database:
@@ -60,10 +78,11 @@ class Database:
                 client = Prisma(
                     datasource={"url": self._url},
                     connect_timeout=self._connect_timeout,
-                    # httpx's 5 s default is shorter than a write may queue for its user's lock.
-                    http={"timeout": ENGINE_REQUEST_TIMEOUT},
+                    http=auth.http_options(timeout=engine_request_timeout(self._url)),
                 )
                 client.connect()
+                transport.install(client)  # keep-alive http.client instead of httpx
+                metrics.time_engine(client)
                 self._client, self._pid = client, os.getpid()
             return self._client
 

@@ -13,20 +13,29 @@ holds a per-user advisory lock:
 Because versions only grow and tombstones are final, a snapshot that a committed
 row already makes stale can be turned away without the lock: `sync_user_with_database`
 reads first, so a returning user's after-login costs one query, not a transaction.
+
+A write is one engine round trip: a batch of [lock, read, upsert], where the
+upsert's `where` carries the rules (`snapshot_where`, `tombstone_where`). When
+the stored row is as new or deleted, nothing matches, the create branch runs
+into the unique `clerkId`, and the whole batch rolls back: the write was refused
+(`GuardRefused`). The interactive transaction (`apply_snapshot`) remains for the
+rare case a caller must decide in Python under the lock.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prisma import Batch, Prisma
+from prisma.errors import UniqueViolationError
 from prisma.models import User
 
+from .batch import ResultBatch
 from .clerk.users import ClerkUser
 from .db import get_db
 
@@ -62,9 +71,133 @@ def transaction(db: Prisma) -> Iterator[Prisma]:
         yield tx
 
 
-def lock_user(tx: Prisma, clerk_id: str) -> None:
-    """Hold a transaction-scoped lock on one Clerk user id, row or no row."""
-    tx.execute_raw("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", clerk_id)
+# Raw because Prisma has no lock that also covers a row that does not exist yet.
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+
+
+def lock_user(tx: Prisma | Batch, clerk_id: str) -> None:
+    """Hold a transaction-scoped lock on one Clerk user id, row or no row.
+
+    In a batch it must be a statement of its own, before any that reads the row:
+    under READ COMMITTED a statement sees the data as of its start, so a read in
+    the same statement as the lock could miss the previous holder's commit.
+    """
+    tx.execute_raw(LOCK_SQL, clerk_id)
+
+
+class GuardRefused(Exception):
+    """The guarded upsert matched no row it may change: the stored row is as new, or deleted."""
+
+
+def refused_by_guard(exc: UniqueViolationError) -> bool:
+    """Whether a unique violation is the guard's (on `clerkId`), not another constraint's."""
+    meta = exc.meta if isinstance(exc.meta, dict) else {}
+    return meta.get("target") in (["clerkId"], "User_clerkId_key")
+
+
+def snapshot_where(user: ClerkUser) -> dict[str, Any]:
+    """The rows a snapshot may overwrite: alive, and older (or unversioned); `judge_snapshot` in SQL."""
+    return {
+        "clerkId": user.id,
+        "deletedAt": None,
+        "OR": [{"clerkUpdatedAt": None}, {"clerkUpdatedAt": {"lt": user.updated_at_datetime}}],
+    }
+
+
+def tombstone_where(clerk_id: str) -> dict[str, Any]:
+    """The rows a deletion may overwrite: any that is not a tombstone yet."""
+    return {"clerkId": clerk_id, "deletedAt": None}
+
+
+def snapshot_fields(user: ClerkUser) -> dict[str, Any]:
+    return {
+        "email": user.email,
+        "firstName": user.first_name,
+        "lastName": user.last_name,
+        "username": user.username,
+        "imageUrl": user.image_url,
+        "clerkUpdatedAt": user.updated_at_datetime,
+    }
+
+
+def tombstone_fields(at: datetime | None) -> dict[str, Any]:
+    # The version goes too: a tombstone is the same row whether or not a snapshot came first.
+    return {"deletedAt": at or datetime.now(UTC), "clerkUpdatedAt": None, **dict.fromkeys(_PERSONAL_FIELDS)}
+
+
+def guarded_upsert(batch: Batch, clerk_id: str, where: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Add the user's upsert, keyed on `clerkId` and guarded by `where`, to a batch."""
+    batch.user.upsert(
+        where=where,  # type: ignore[arg-type]  # the engine's extended unique where; the stubs know only clerkId
+        data={"create": {"clerkId": clerk_id, **fields}, "update": fields},
+    )
+
+
+# `judge_snapshot` and the deletion's rule in SQL, over the user row `u` as it stands under
+# the lock (all NULL when there is none): the outcome of a write that goes ahead ('created',
+# 'updated', 'deleted'), or NULL when the stored row is as new or a tombstone. $4 is the
+# incoming version.
+SNAPSHOT_OUTCOME_SQL = (
+    """CASE WHEN u."clerkId" IS NULL THEN 'created' WHEN u."deletedAt" IS NOT NULL THEN NULL """
+    """WHEN u."clerkUpdatedAt" >= $4::timestamptz THEN NULL ELSE 'updated' END"""
+)
+DELETION_OUTCOME_SQL = """CASE WHEN u."deletedAt" IS NOT NULL THEN NULL ELSE 'deleted' END"""
+
+
+@dataclass(frozen=True, slots=True)
+class UserWrite:
+    """One event's write in a form a caller's batch can carry, plus the interactive way to plan it."""
+
+    clerk_id: str
+    where: dict[str, Any]
+    fields: dict[str, Any]
+    kind: str
+    """"snapshot" or "deletion": which `*_OUTCOME_SQL` judges it."""
+    version: datetime | None
+    plan: Callable[[Prisma], Plan]
+
+
+def snapshot_write(user: ClerkUser) -> UserWrite:
+    return UserWrite(
+        user.id,
+        snapshot_where(user),
+        snapshot_fields(user),
+        "snapshot",
+        user.updated_at_datetime,
+        lambda tx: plan_snapshot(tx, user),
+    )
+
+
+def deletion_write(clerk_id: str, *, at: datetime | None = None) -> UserWrite:
+    at = at or datetime.now(UTC)
+    return UserWrite(
+        clerk_id,
+        tombstone_where(clerk_id),
+        tombstone_fields(at),
+        "deletion",
+        None,
+        lambda tx: plan_deletion(tx, clerk_id, at=at),
+    )
+
+
+def write_at_once(
+    db: Prisma, clerk_id: str, where: dict[str, Any], fields: dict[str, Any]
+) -> tuple[bool, User]:
+    """Lock, read and guarded upsert in one round trip; returns (whether the row existed, the row).
+
+    Raises `GuardRefused` when the guard matched nothing (nothing was written).
+    """
+    batch = ResultBatch(db)
+    lock_user(batch, clerk_id)
+    batch.find_unique(User, {"clerkId": clerk_id})
+    guarded_upsert(batch, clerk_id, where, fields)
+    try:
+        _, before, after = batch.commit_with_results()
+    except UniqueViolationError as exc:
+        if refused_by_guard(exc):
+            raise GuardRefused from None
+        raise
+    return before is not None, User.model_validate(after)
 
 
 def sync_user_with_database(user: ClerkUser, db: Prisma | None = None) -> SyncResult:
@@ -94,8 +227,18 @@ def sync_user_with_database(user: ClerkUser, db: Prisma | None = None) -> SyncRe
         outcome, reason = judge_stored(stored, user)
         if outcome in (SyncOutcome.UNCHANGED, SyncOutcome.IGNORED_DELETED):
             return SyncResult(outcome, stored, reason)
-    with transaction(db) as tx:
-        return apply_snapshot(tx, user)
+    try:
+        existed, row = write_at_once(db, user.id, snapshot_where(user), snapshot_fields(user))
+    except GuardRefused:
+        # Someone stored a version as new (or a tombstone) meanwhile; both are final for this snapshot.
+        stored = db.user.find_unique(where={"clerkId": user.id})
+        outcome, reason = judge_stored(stored, user)
+        if stored is None or outcome not in (SyncOutcome.UNCHANGED, SyncOutcome.IGNORED_DELETED):
+            # Only if the row vanished (a manual delete): decide under the lock instead.
+            with transaction(db) as tx:
+                return apply_snapshot(tx, user)
+        return SyncResult(outcome, stored, reason)
+    return SyncResult(SyncOutcome.UPDATED if existed else SyncOutcome.CREATED, row)
 
 
 def delete_user_from_database(
@@ -106,8 +249,16 @@ def delete_user_from_database(
     A deletion for an id never seen still stores a tombstone, so a `user.created`
     delivered late cannot bring the user back. Raises as `sync_user_with_database`.
     """
-    with transaction(db or get_db()) as tx:
-        return apply_deletion(tx, clerk_id, at=at)
+    db = db or get_db()
+    try:
+        _, row = write_at_once(db, clerk_id, tombstone_where(clerk_id), tombstone_fields(at))
+    except GuardRefused:
+        stored = db.user.find_unique(where={"clerkId": clerk_id})
+        if stored is None or stored.deletedAt is None:
+            with transaction(db) as tx:  # the row vanished meanwhile: decide under the lock
+                return apply_deletion(tx, clerk_id, at=at)
+        return SyncResult(SyncOutcome.UNCHANGED, stored, "already deleted")
+    return SyncResult(SyncOutcome.DELETED, row)
 
 
 def judge_snapshot(
@@ -168,15 +319,7 @@ def plan_snapshot(tx: Prisma, user: ClerkUser) -> Plan:
     outcome, reason = judge_stored(stored, user)
     if outcome not in (SyncOutcome.CREATED, SyncOutcome.UPDATED):
         return Plan(outcome, stored, user.id, reason)
-    fields = {
-        "email": user.email,
-        "firstName": user.first_name,
-        "lastName": user.last_name,
-        "username": user.username,
-        "imageUrl": user.image_url,
-        "clerkUpdatedAt": user.updated_at_datetime,
-    }
-    return Plan(outcome, stored, user.id, fields=fields)
+    return Plan(outcome, stored, user.id, fields=snapshot_fields(user))
 
 
 def plan_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> Plan:
@@ -185,13 +328,7 @@ def plan_deletion(tx: Prisma, clerk_id: str, *, at: datetime | None = None) -> P
     stored = tx.user.find_unique(where={"clerkId": clerk_id})
     if stored is not None and stored.deletedAt is not None:
         return Plan(SyncOutcome.UNCHANGED, stored, clerk_id, "already deleted")
-    # The version goes too: a tombstone is the same row whether or not a snapshot came first.
-    tombstone = {
-        "deletedAt": at or datetime.now(UTC),
-        "clerkUpdatedAt": None,
-        **dict.fromkeys(_PERSONAL_FIELDS),
-    }
-    return Plan(SyncOutcome.DELETED, stored, clerk_id, fields=tombstone)
+    return Plan(SyncOutcome.DELETED, stored, clerk_id, fields=tombstone_fields(at))
 
 
 def apply_snapshot(tx: Prisma, user: ClerkUser) -> SyncResult:

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Bench-only: runs prisma/query-engine.mjs unchanged, with timers
 // wrapped around it from the outside (nothing in prisma_engines is edited).
-// `bench/run.py --profile` points PRISMA_QUERY_ENGINE_BINARY at a shim that
+// `scripts/bench --profile` (bench/profile.py) points PRISMA_QUERY_ENGINE_BINARY at a shim that
 // execs this file. It measures, per engine HTTP request:
 //   - server time: from the request event to the response's `finish`;
 //   - wasm time: WasmEngine.query / startTransaction / endTransaction, until settled

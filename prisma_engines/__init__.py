@@ -1,7 +1,7 @@
-"""Prisma engine plumbing for machines that cannot download Prisma's native engines.
+"""Prisma engine plumbing, kept apart from the app.
 
-`engines` chooses the query engine (native, or the WebAssembly one in `node/`),
-`migrations` generates and applies migrations without the native schema engine,
-and `localdb` finds or starts a local PostgreSQL. None of it is application code;
-`python -m prisma_engines --help` lists the commands.
+`engines` names the engines that run (WebAssembly by default) and runs Prisma Client
+Python's `generate`; `migrations` calls Prisma's own schema commands through
+`scripts/prisma`; `localdb` finds or starts the local PostgreSQL the scripts use without
+DATABASE_URL (`python -m prisma_engines --help`).
 """

@@ -1,4 +1,6 @@
-"""`python -m prisma_engines <command>`: the Prisma workflows that work without Prisma's CDN.
+"""`python -m prisma_engines <command>`: the local PostgreSQL the scripts use without DATABASE_URL.
+
+Prisma's own commands (db push, migrate, generate) run through `scripts/prisma` instead.
 
 Adding a command takes one function and one decorator line:
 
@@ -15,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from prisma_engines import engines, localdb, migrations
+from prisma_engines import localdb
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -49,12 +48,7 @@ class Command:
 
 
 COMMANDS: list[Command] = []
-USER_ERRORS: tuple[type[Exception], ...] = (
-    migrations.MigrationError,
-    migrations.PrismaCommandError,
-    localdb.LocalDatabaseError,
-    engines.GenerateError,
-)
+USER_ERRORS: tuple[type[Exception], ...] = (localdb.LocalDatabaseError,)
 
 
 def command(name: str, help: str, *arguments: Argument) -> Callable[[Handler], Handler]:
@@ -65,81 +59,6 @@ def command(name: str, help: str, *arguments: Argument) -> Callable[[Handler], H
         return handler
 
     return register
-
-
-# --- Migrations ------------------------------------------------------------------------------
-
-SCHEMA_ARG = arg("--schema", type=Path, default=migrations.SCHEMA, help="default: %(default)s")
-MIGRATIONS_ARG = arg(
-    "--migrations-dir", type=Path, default=migrations.MIGRATIONS_DIR, help="default: %(default)s"
-)
-
-
-@command("migrate-deploy", "Apply pending migrations to DATABASE_URL (like `prisma migrate deploy`).")
-def migrate_deploy(args: argparse.Namespace) -> int:
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        print(
-            "DATABASE_URL is not set. For a local database: "
-            'export DATABASE_URL="$(python -m prisma_engines create-db clerk_sync)"',
-            file=sys.stderr,
-        )
-        return 2
-    migrations.deploy(database_url)
-    return 0
-
-
-@command(
-    "migrate-dev",
-    "Create a migration for what schema.prisma changed (like `prisma migrate dev --create-only`).",
-    arg("--name", required=True, help="what the migration does, e.g. add_user_locale"),
-    SCHEMA_ARG,
-    MIGRATIONS_ARG,
-)
-def migrate_dev(args: argparse.Namespace) -> int:
-    created = migrations.make_migration(args.name, schema=args.schema, migrations_dir=args.migrations_dir)
-    if created is None:
-        print("schema.prisma and the migrations already agree; no migration created.")
-    else:
-        print(created / "migration.sql")
-    return 0
-
-
-@command(
-    "migrate-diff-check",
-    "Exit 1 and print the SQL if schema.prisma and the migrations disagree.",
-    SCHEMA_ARG,
-    MIGRATIONS_ARG,
-)
-def migrate_diff_check(args: argparse.Namespace) -> int:
-    script = migrations.diff_script(schema=args.schema, migrations_dir=args.migrations_dir)
-    if script is None:
-        print("schema.prisma and the migrations agree.")
-        return 0
-    print("schema.prisma and the migrations disagree. The missing migration would be:\n")
-    print(script, end="")
-    print("\nCreate it with: python -m prisma_engines migrate-dev --name <what_changed>", file=sys.stderr)
-    return 1
-
-
-# --- Engines and the client -------------------------------------------------------------------
-
-
-@command("engine-env", "Print `export` lines selecting the query engine (native if downloadable).")
-def engine_env(args: argparse.Namespace) -> int:
-    for name, value in engines.engine_env().items():
-        print(f"export {name}={shlex.quote(value)}")
-    return 0
-
-
-@command(
-    "generate",
-    "Generate the Prisma client (prisma generate) with the selected engine.",
-    arg("--schema", default=str(migrations.SCHEMA), help="schema file (default: schema.prisma)"),
-)
-def generate(args: argparse.Namespace) -> int:
-    engines.generate(Path(args.schema))
-    return 0
 
 
 # --- Local database --------------------------------------------------------------------------

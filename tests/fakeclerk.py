@@ -9,6 +9,11 @@ can mint session tokens that the JWKS it serves will (or will not) vouch for.
         clerk.add_user("user_1", email="ada@example.com")
         token = clerk.mint_token("user_1")
         clerk.fail_with(503, retry_after=2, on="users", times=1)
+
+It speaks Backend API version 2025-11-10 (`Clerk-API-Version`, which the app pins):
+user objects, email addresses and error bodies have that version's shapes, and a
+request naming another version is refused with 400, so that the app and the fake
+cannot drift apart unnoticed.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +42,7 @@ __all__ = ["DEFAULT_AZP", "FakeClerk", "RecordedRequest", "build_clerk_user"]
 DEFAULT_SECRET_KEY = "sk_test_fakeclerk_0123456789"
 DEFAULT_AZP = "http://localhost:3000"
 ISSUER = "https://clerk.fake.test"
+API_VERSION = "2025-11-10"
 
 PathFamily = Literal["users", "jwks", "count"]
 _RSA_HASHES = {"RS256": hashes.SHA256, "RS384": hashes.SHA384, "RS512": hashes.SHA512}
@@ -105,6 +111,13 @@ def build_clerk_user(
         "create_organization_enabled": True,
         "last_active_at": created_at,
         "legal_accepted_at": None,
+        "mfa_enabled_at": None,
+        "mfa_disabled_at": None,
+        "password_last_updated_at": None,
+        "bypass_client_trust": False,
+        "enterprise_accounts": [],
+        "passkeys": [],
+        "locale": None,
     }
     user.update(overrides)
     return user
@@ -118,6 +131,9 @@ def _email_address(address: str) -> dict[str, Any]:
         "reserved": False,
         "verification": {"status": "verified", "strategy": "email_code", "attempts": 1, "expire_at": None},
         "linked_to": [],
+        "matches_sso_connection": False,
+        "created_at": int(time.time() * 1000),
+        "updated_at": int(time.time() * 1000),
     }
 
 
@@ -142,6 +158,7 @@ class _Fault:
     canned: bool = False
     body: object = None
     delay: float = 0.0
+    trickle: float = 0.0
 
     def applies_to(self, family: str | None) -> bool:
         return (self.scope is None or self.scope == family) and self.remaining != 0
@@ -166,6 +183,7 @@ class FakeClerk:
         self._requests: list[RecordedRequest] = []
         self._response_faults: dict[PathFamily | None, _Fault] = {}
         self._delay_faults: dict[PathFamily | None, _Fault] = {}
+        self._before_answer: Callable[[RecordedRequest], None] | None = None
         self.kid = self.rotate_key()
 
     # -- lifecycle ---------------------------------------------------------
@@ -312,6 +330,12 @@ class FakeClerk:
         with self._lock:
             self._users.pop(user_id, None)
 
+    def before_answer(self, hook: Callable[[RecordedRequest], None] | None) -> None:
+        """Call `hook(request)` before answering each request (after its faults are chosen),
+        e.g. to change the users between two pages of a listing. None removes it."""
+        with self._lock:
+            self._before_answer = hook
+
     # -- failure modes -----------------------------------------------------
 
     def fail_with(
@@ -351,6 +375,14 @@ class FakeClerk:
         with self._lock:
             self._delay_faults[on] = _Fault(scope=on, remaining=times, delay=seconds)
 
+    def trickle(self, interval: float, *, times: int | None = None, on: PathFamily | None = None) -> None:
+        """Answer correctly, but one byte every `interval` seconds, status line and headers included.
+
+        No single read waits long, so only a deadline on the whole call stops a client.
+        """
+        with self._lock:
+            self._response_faults[on] = _Fault(scope=on, remaining=times, trickle=interval)
+
     def heal(self) -> None:
         """Forget every failure mode."""
         with self._lock:
@@ -371,23 +403,32 @@ class FakeClerk:
         family = _family(split.path)
         authorization = request.headers.get("Authorization", "")
         authorized = hmac.compare_digest(authorization.encode(), f"Bearer {self.secret_key}".encode())
+        recorded = RecordedRequest(
+            method=request.command,
+            path=split.path,
+            query=parse_qs(split.query),
+            headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
+            authorized=authorized,
+        )
         with self._lock:
-            self._requests.append(
-                RecordedRequest(
-                    method=request.command,
-                    path=split.path,
-                    query=parse_qs(split.query),
-                    headers={k: v for k, v in request.headers.items() if k.lower() != "authorization"},
-                    authorized=authorized,
-                )
-            )
+            self._requests.append(recorded)
             if family == "jwks":
                 self._jwks_requests += 1
             delay = self._take_fault(self._delay_faults, family)
             response_fault = self._take_fault(self._response_faults, family)
+            hook = self._before_answer
+        if hook is not None:
+            hook(recorded)
 
         if delay is not None and self._stopping.wait(delay.delay):
             return  # stopped while waiting: drop the connection unanswered
+        if response_fault is not None and response_fault.trickle:
+            request.trickle_interval = response_fault.trickle
+            response_fault = None
+        version = request.headers.get("Clerk-API-Version")
+        if version is not None and version != API_VERSION:
+            request.send_json(400, _errors("api_version_invalid", f"unsupported API version {version!r}"))
+            return
         if response_fault is not None:
             if response_fault.garbled:
                 request.send(200, _GARBLED_BODY)
@@ -465,6 +506,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "FakeClerk/1.0"
+    trickle_interval = 0.0
 
     def do_GET(self) -> None:
         self.server.fake._handle(self)
@@ -475,6 +517,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send(status, json.dumps(body).encode(), headers)
 
     def send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        if self.trickle_interval:
+            self._trickle(status, body)
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -482,6 +527,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def _trickle(self, status: int, body: bytes) -> None:
+        head = (
+            f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.close_connection = True
+        for offset in range(len(head + body)):
+            if self.server.fake._stopping.wait(self.trickle_interval):
+                return
+            try:
+                self.wfile.write((head + body)[offset : offset + 1])
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up, as it should
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the request log is `FakeClerk.requests`

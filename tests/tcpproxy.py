@@ -1,8 +1,13 @@
-"""A small TCP proxy that tests can cut, to simulate a database outage for real.
+"""A small TCP proxy that tests can cut or blackhole, to simulate a database outage for real.
 
 The app under test connects to the proxy as if it were PostgreSQL; `cut()` kills
 every live connection (both directions) and resets new ones on arrival until
-`restore()`. No client library is patched: the driver sees genuine socket errors.
+`restore()`. `blackhole()` is the silent kind of partition (a dead NAT, a
+failed-over compute): every connection stays open but no byte gets through, in
+either direction, and neither side learns when the other closes; new connections
+are accepted and go nowhere. After `restore()` new connections work again, while
+the blackholed ones stay dead, as they would behind a NAT that lost its state. No
+client library is patched: the driver sees genuine sockets.
 
     with TcpProxy(("127.0.0.1", 5432)) as proxy:
         url = f"postgresql://postgres@127.0.0.1:{proxy.port}/db"
@@ -33,18 +38,22 @@ def _abort(sock: socket.socket) -> None:
 
 
 class _Link:
-    """One proxied connection: the client's socket and ours to the target."""
+    """One proxied connection: the client's socket and ours to the target (None if never connected)."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, client: socket.socket, upstream: socket.socket | None, *, dark: bool = False) -> None:
         self.client = client
         self.upstream = upstream
+        self.dark = dark
+        """Blackholed: bytes are dropped and a close on one side is not passed to the other."""
+        self.ended = 0
         self._closed = threading.Event()
 
     def close(self) -> None:
         if not self._closed.is_set():
             self._closed.set()
             _abort(self.client)
-            _abort(self.upstream)
+            if self.upstream is not None:
+                _abort(self.upstream)
 
 
 class TcpProxy:
@@ -55,6 +64,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._cut = False
+        self._dark = False
         self._stopping = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
@@ -84,10 +94,18 @@ class TcpProxy:
         for link in links:
             link.close()
 
+    def blackhole(self) -> None:
+        """Drop every byte of every connection, live or new, without closing any, until `restore()`."""
+        with self._lock:
+            self._dark = True
+            for link in self._links:
+                link.dark = True
+
     def restore(self) -> None:
-        """Forward new connections again."""
+        """Forward new connections again (blackholed ones stay dead)."""
         with self._lock:
             self._cut = False
+            self._dark = False
 
     def close(self) -> None:
         self._stopping.set()
@@ -108,9 +126,15 @@ class TcpProxy:
                 return
             client.settimeout(None)
             with self._lock:
-                refuse = self._cut
+                refuse, dark = self._cut, self._dark
             if refuse:
                 _abort(client)
+                continue
+            if dark:  # accepted, and then nothing: the way a dead path looks to a connecting client
+                link = _Link(client, None, dark=True)
+                with self._lock:
+                    self._links.add(link)
+                threading.Thread(target=self._pump, args=(link, client, None), daemon=True).start()
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -127,13 +151,21 @@ class TcpProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(link, source, sink), daemon=True).start()
 
-    def _pump(self, link: _Link, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, link: _Link, source: socket.socket, sink: socket.socket | None) -> None:
         try:
             while data := source.recv(_CHUNK):
-                sink.sendall(data)
+                if not link.dark and sink is not None:
+                    sink.sendall(data)
         except OSError:
             pass
-        finally:
+        if link.dark and not self._stopping.is_set():
+            # The other side never hears of it; its own pump ends when it closes too.
+            _abort(source)
             with self._lock:
-                self._links.discard(link)
-            link.close()
+                link.ended += 1
+                if link.upstream is None or link.ended == 2:
+                    self._links.discard(link)
+            return
+        with self._lock:
+            self._links.discard(link)
+        link.close()

@@ -8,7 +8,9 @@ their own fake Clerk and app, served on their own socket.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ from app.sync import SyncOutcome, delete_user_from_database, sync_user_with_data
 from prisma_engines import localdb
 from tests.concurrency import run_at_once
 from tests.conftest import FRONTEND_ORIGIN
-from tests.fakeclerk import FakeClerk, build_clerk_user
+from tests.fakeclerk import ISSUER, FakeClerk, build_clerk_user
 
 BASE_VERSION = 1_700_000_000_123
 OUTCOME_HEADER = "X-Clerk-Sync-Outcome"
@@ -260,6 +262,11 @@ BAD_TOKENS: dict[str, tuple[TokenRequest, str]] = {
         lambda fake, sub: bearer(fake.mint_token(sub, extra_claims={"sub": None})),
         "token_invalid_claims",
     ),
+    # "." and ".." survive URL quoting as dot-segments: once a ValueError and a 500.
+    "sub_dot": (lambda fake, sub: bearer(fake.mint_token(".")), "token_invalid_claims"),
+    "sub_dotdot": (lambda fake, sub: bearer(fake.mint_token("..")), "token_invalid_claims"),
+    "sub_not_a_user_id": (lambda fake, sub: bearer(fake.mint_token("org_" + sub)), "token_invalid_claims"),
+    "sub_overlong": (lambda fake, sub: bearer(fake.mint_token(sub + "x" * 3000)), "token_invalid_claims"),
 }
 
 
@@ -339,6 +346,34 @@ def test_clerk_answering_with_another_user_gets_503(http: httpx.Client, db: Pris
     assert row_count(db) == 0
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [{"first_name": "A" * 3000}, {"image_url": "https://img.clerk.com/" + "x" * 3000}],
+    ids=["first_name", "image_url"],
+)
+def test_overlong_user_from_clerk_is_refused_with_a_logged_reason(
+    http: httpx.Client,
+    db: Prisma,
+    clerk: FakeClerk,
+    caplog: pytest.LogCaptureFixture,
+    overrides: dict[str, str],
+) -> None:
+    """Longer than Clerk sends is not Clerk's data: never stored (it may exceed an index row); logged."""
+    clerk_id = new_clerk_id()
+    add_user(clerk, clerk_id, **overrides)
+    app_logger = logging.getLogger("app")
+    app_logger.addHandler(caplog.handler)
+    try:
+        response = post_after_login(http, clerk.mint_token(clerk_id))
+    finally:
+        app_logger.removeHandler(caplog.handler)
+
+    assert_json_error(response, 503, "clerk_bad_response")
+    assert row_count(db) == 0
+    reasons = [r.getMessage() for r in caplog.records if "characters long" in r.getMessage()]
+    assert reasons and all(len(reason) < 500 for reason in reasons), reasons
+
+
 def test_clerk_refusing_the_secret_key_gets_502(http: httpx.Client, db: Prisma, clerk: FakeClerk) -> None:
     """Clerk answering 401/403 is the server's misconfiguration: 502, not the caller's 401."""
     clerk_id = new_clerk_id()
@@ -368,6 +403,66 @@ def test_clerk_unreachable_for_the_user_fetch(
     assert_json_error(response, 503, "clerk_unavailable")
     assert read(db, second) is None
     assert row_count(db) == 1
+
+
+def test_trickling_clerk_is_cut_off_at_clerk_timeout_in_total(
+    http: httpx.Client, db: Prisma, clerk: FakeClerk
+) -> None:
+    """Clerk sending one byte every 0.3 s never trips a per-read timeout; the login still ends at 1 s.
+
+    The user object is about 2 KB, so without a total deadline this login would take ten minutes.
+    """
+    clerk_id = new_clerk_id()
+    add_user(clerk, clerk_id)
+    token = clerk.mint_token(clerk_id)
+    clerk.trickle(0.3, on="users")
+
+    started = time.monotonic()
+    response = post_after_login(http, token)
+    took = time.monotonic() - started
+
+    assert_json_error(response, 503, "clerk_unavailable")
+    assert took < 1.0 + 2.0, f"the login took {took:.1f} s with CLERK_TIMEOUT=1"
+    assert row_count(db) == 0
+
+
+def test_clerk_timeout_bounds_the_jwks_and_user_fetches_together(
+    own_clerk: FakeClerk, db: Prisma, app_database_url: str
+) -> None:
+    """0.7 s for the JWKS and 0.7 s for the user are each under CLERK_TIMEOUT=1, but not together."""
+    clerk_id = new_clerk_id()
+    add_user(own_clerk, clerk_id)
+    own_clerk.delay(0.7, on="jwks")
+    own_clerk.delay(0.7, on="users")
+
+    with serve(settings_for(own_clerk, app_database_url)) as client:
+        started = time.monotonic()
+        response = post_after_login(client, own_clerk.mint_token(clerk_id))
+        took = time.monotonic() - started
+
+    assert_json_error(response, 503, "clerk_unavailable")
+    assert took < 1.0 + 2.0
+    assert row_count(db) == 0
+
+
+def test_token_from_another_issuer_gets_401(own_clerk: FakeClerk, db: Prisma, app_database_url: str) -> None:
+    clerk_id = new_clerk_id()
+    add_user(own_clerk, clerk_id)
+    settings = settings_for(own_clerk, app_database_url, clerk_issuer=ISSUER)
+
+    with serve(settings) as client:
+        foreign = own_clerk.mint_token(clerk_id, extra_claims={"iss": "https://clerk.other-app.test"})
+        assert_json_error(post_after_login(client, foreign), 401, "token_wrong_issuer")
+        assert row_count(db) == 0
+        assert post_after_login(client, own_clerk.mint_token(clerk_id)).status_code == 200
+
+
+def test_backend_api_calls_name_the_pinned_version(http: httpx.Client, db: Prisma, clerk: FakeClerk) -> None:
+    clerk_id = new_clerk_id()
+    add_user(clerk, clerk_id)
+    assert post_after_login(http, clerk.mint_token(clerk_id)).status_code == 200
+    versions = {r.headers.get("Clerk-API-Version") for r in clerk.requests}
+    assert versions == {"2025-11-10"}
 
 
 JWKS_FAULTS: dict[str, ClerkFault] = {

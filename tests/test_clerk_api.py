@@ -1,19 +1,24 @@
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import pytest
 
 from app.clerk.api import (
+    CLERK_API_VERSION,
     ClerkAPI,
     ClerkAPIError,
     ClerkUnavailable,
     ClerkUserNotFound,
     parse_retry_after,
 )
+from app.clerk.deadline import deadline, remaining
 from app.clerk.users import parse_clerk_user
 from tests.fakeclerk import FakeClerk
 
@@ -26,7 +31,7 @@ def fake() -> Iterator[FakeClerk]:
 
 @pytest.fixture
 def api(fake: FakeClerk) -> Iterator[ClerkAPI]:
-    with ClerkAPI(fake.url, fake.secret_key, timeout=0.3) as api:
+    with ClerkAPI(fake.url, fake.secret_key, timeout=1.0) as api:
         yield api
 
 
@@ -51,7 +56,7 @@ def test_requests_carry_the_secret_and_user_agent(fake: FakeClerk, api: ClerkAPI
 
 def test_wrong_secret_is_an_api_error_not_unavailable(fake: FakeClerk) -> None:
     fake.add_user("user_1")
-    with ClerkAPI(fake.url, "sk_test_wrong", timeout=0.3) as api, pytest.raises(ClerkAPIError) as caught:
+    with ClerkAPI(fake.url, "sk_test_wrong", timeout=1.0) as api, pytest.raises(ClerkAPIError) as caught:
         api.get_user("user_1")
 
     assert type(caught.value) is ClerkAPIError
@@ -226,7 +231,7 @@ def test_get_jwks(fake: FakeClerk, api: ClerkAPI) -> None:
 
 def test_secret_never_appears_in_repr_or_errors(fake: FakeClerk) -> None:
     fake.fail_with(503)
-    with ClerkAPI(fake.url, "sk_live_very_secret", timeout=0.3) as api:
+    with ClerkAPI(fake.url, "sk_live_very_secret", timeout=1.0) as api:
         assert "sk_live_very_secret" not in repr(api)
         with pytest.raises(ClerkUnavailable) as caught:
             api.get_user("user_1")
@@ -273,3 +278,155 @@ def test_count_users_of_an_unexpected_shape_is_unavailable(fake: FakeClerk, api:
     fake.respond_with({"total_count": "many"}, on="count")
     with pytest.raises(ClerkUnavailable):
         api.count_users()
+
+
+# -- the pinned API version ------------------------------------------------------
+
+
+@pytest.fixture
+def patient_api(fake: FakeClerk) -> Iterator[ClerkAPI]:
+    """For tests about shapes, not time: a timeout a loaded machine never reaches."""
+    with ClerkAPI(fake.url, fake.secret_key, timeout=10) as api:
+        yield api
+
+
+def test_every_call_names_the_pinned_api_version(fake: FakeClerk, patient_api: ClerkAPI) -> None:
+    fake.add_user("user_1")
+    patient_api.get_user("user_1")
+    patient_api.list_users()
+    patient_api.count_users()
+    patient_api.get_jwks()
+
+    assert CLERK_API_VERSION == "2025-11-10"
+    assert [r.headers.get("Clerk-API-Version") for r in fake.requests] == [CLERK_API_VERSION] * 4
+
+
+def test_fake_clerk_refuses_a_version_it_does_not_speak(fake: FakeClerk) -> None:
+    """So the header test above would notice the fake and the app drifting apart."""
+    fake.add_user("user_1")
+    response = httpx.get(
+        f"{fake.url}/v1/users/user_1",
+        headers={"Authorization": f"Bearer {fake.secret_key}", "Clerk-API-Version": "2021-02-05"},
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["code"] == "api_version_invalid"
+
+
+def test_fake_users_have_the_pinned_versions_shape(fake: FakeClerk, patient_api: ClerkAPI) -> None:
+    """The fields 2025-11-10 user objects carry, as the parser meets them."""
+    user = patient_api.get_user(fake.add_user("user_1")["id"])
+    for field in ("id", "object", "primary_email_address_id", "email_addresses", "updated_at", "image_url"):
+        assert field in user
+    assert user["object"] == "user" and isinstance(user["updated_at"], int)
+    address = user["email_addresses"][0]
+    assert {"id", "object", "email_address", "verification", "created_at", "updated_at"} <= set(address)
+
+
+# -- a total deadline --------------------------------------------------------------
+
+
+def test_trickling_answer_is_cut_off_at_the_timeout_in_total(fake: FakeClerk) -> None:
+    """One byte every 0.25 s never trips the 1 s per-read timeout; the call still ends at 1 s."""
+    fake.add_user("user_1")
+    fake.trickle(0.25, on="users")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=1.0) as api:
+        started = time.monotonic()
+        with pytest.raises(ClerkUnavailable, match="in time"):
+            api.get_user("user_1")
+        took = time.monotonic() - started
+    assert took < 1.0 + 2.0, f"the call took {took:.1f} s"
+
+
+def test_a_shared_deadline_bounds_several_calls(fake: FakeClerk, patient_api: ClerkAPI) -> None:
+    fake.add_user("user_1")
+    fake.delay(1.2, on="users")
+    with deadline(2.0):
+        patient_api.get_user("user_1")  # 1.2 s of the 2
+        with pytest.raises(ClerkUnavailable):
+            patient_api.get_user("user_1")  # would need 1.2 s more
+    assert remaining() is None  # the deadline ends with its block
+
+
+def test_trickled_answer_within_the_timeout_succeeds(fake: FakeClerk) -> None:
+    """Slow bytes are fine while the whole answer arrives in time."""
+    fake.add_user("user_1")
+    fake.trickle(0.001, on="count")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=5) as api:
+        assert api.count_users() == 1
+
+
+# -- through an HTTP proxy from the environment -----------------------------------
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A plain HTTP forward proxy: absolute-form requests, recorded, then forwarded."""
+
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "proxy-connection")}
+        upstream = httpx.get(self.path, headers=headers, trust_env=False, timeout=10)
+        self.send_response(upstream.status_code)
+        self.send_header("Content-Type", upstream.headers.get("content-type", "application/json"))
+        self.send_header("Content-Length", str(len(upstream.content)))
+        self.end_headers()
+        self.wfile.write(upstream.content)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def forward_proxy() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    _ForwardProxy.seen = []
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _proxy_env(monkeypatch: pytest.MonkeyPatch, proxy: str, no_proxy: str) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    monkeypatch.setenv("no_proxy", no_proxy)
+
+
+def test_environment_proxy_is_used_as_httpx_would(
+    fake: FakeClerk, forward_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline transport replaces httpx's default one; HTTP_PROXY must keep working."""
+    _proxy_env(monkeypatch, forward_proxy, no_proxy="")
+    fake.add_user("user_1")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=10) as api:
+        assert api.get_user("user_1")["id"] == "user_1"
+    assert _ForwardProxy.seen == [f"{fake.url}/v1/users/user_1"]
+
+
+def test_no_proxy_hosts_go_direct(
+    fake: FakeClerk, forward_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _proxy_env(monkeypatch, forward_proxy, no_proxy="127.0.0.1")
+    fake.add_user("user_1")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=10) as api:
+        assert api.get_user("user_1")["id"] == "user_1"
+    assert _ForwardProxy.seen == []
+    assert len(fake.requests) == 1
+
+
+def test_deadline_holds_for_direct_no_proxy_hosts(
+    fake: FakeClerk, forward_proxy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NO_PROXY hosts get the deadline transport too, not httpx's default one."""
+    _proxy_env(monkeypatch, forward_proxy, no_proxy="127.0.0.1")
+    fake.add_user("user_1")
+    fake.trickle(0.25, on="users")
+    with ClerkAPI(fake.url, fake.secret_key, timeout=1.0) as api:
+        started = time.monotonic()
+        with pytest.raises(ClerkUnavailable):
+            api.get_user("user_1")
+    assert time.monotonic() - started < 1.0 + 2.0

@@ -4,6 +4,7 @@ import base64
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from app.clerk.api import ClerkAPIError, ClerkUnavailable
+from app.clerk.deadline import deadline
 from app.clerk.tokens import (
     InvalidSessionToken,
     SessionClaims,
@@ -19,7 +21,7 @@ from app.clerk.tokens import (
     extract_session_token,
     normalise_pem_public_key,
 )
-from tests.fakeclerk import DEFAULT_AZP, FakeClerk
+from tests.fakeclerk import DEFAULT_AZP, ISSUER, FakeClerk
 
 
 class FakeMonotonicClock:
@@ -57,7 +59,7 @@ def make_verifier(
             "api_url": fake.url,
             "secret_key": fake.secret_key,
             "authorized_parties": [DEFAULT_AZP],
-            "timeout": 0.3,
+            "timeout": 1.0,
             "monotonic": clock,
             **overrides,
         }
@@ -174,6 +176,50 @@ def test_ill_typed_claims(
     fake: FakeClerk, verifier: SessionTokenVerifier, claims: dict[str, Any], code: str
 ) -> None:
     assert_rejected(verifier, fake.mint_token("user_1", extra_claims=claims), code)
+
+
+@pytest.mark.parametrize(
+    "sub",
+    [".", "..", "user_", "user_..", "user_a/b", "../v1/jwks", "usr_123", "user_" + "a" * 60, "user_1\n"],
+)
+def test_sub_must_be_a_plausible_clerk_user_id(
+    fake: FakeClerk, verifier: SessionTokenVerifier, sub: str
+) -> None:
+    """`sub` goes into a Backend API path: "." and ".." would reach another endpoint."""
+    error = assert_rejected(verifier, fake.mint_token(sub), "token_invalid_claims")
+    assert sub not in error.message
+
+
+@pytest.mark.parametrize("sub", ["user_2NNEqL2nrIRdJ194ndJqAHwEfxC", "user_1", "user_count_5"])
+def test_clerk_shaped_subs_are_accepted(fake: FakeClerk, verifier: SessionTokenVerifier, sub: str) -> None:
+    assert verifier.verify(fake.mint_token(sub)).user_id == sub
+
+
+# -- issuer -------------------------------------------------------------------
+
+
+def test_issuer_is_not_checked_unless_configured(fake: FakeClerk, verifier: SessionTokenVerifier) -> None:
+    token = fake.mint_token("user_1", extra_claims={"iss": "https://clerk.elsewhere.test"})
+    assert verifier.verify(token).user_id == "user_1"
+
+
+@pytest.mark.parametrize("configured", [ISSUER, ISSUER + "/"])
+def test_configured_issuer_accepts_its_tokens(
+    fake: FakeClerk, make_verifier: Callable[..., SessionTokenVerifier], configured: str
+) -> None:
+    verifier = make_verifier(issuer=configured)
+    assert verifier.verify(fake.mint_token("user_1")).user_id == "user_1"
+
+
+@pytest.mark.parametrize(
+    "iss", ["https://clerk.elsewhere.test", "http://clerk.fake.test", None, 42, ISSUER + ".evil.test"]
+)
+def test_configured_issuer_rejects_other_issuers(
+    fake: FakeClerk, make_verifier: Callable[..., SessionTokenVerifier], iss: object
+) -> None:
+    verifier = make_verifier(issuer=ISSUER)
+    token = fake.mint_token("user_1", extra_claims={"iss": iss})
+    assert_rejected(verifier, token, "token_wrong_issuer")
 
 
 # -- authorized parties -------------------------------------------------------
@@ -372,6 +418,62 @@ def test_concurrent_cold_verifications_fetch_the_jwks_once(
 
     assert errors == []
     assert sorted(results) == sorted(f"user_{n}" for n in range(8))
+    assert fake.jwks_requests == 1
+
+
+def test_known_kid_never_waits_for_a_refetch(
+    fake: FakeClerk, make_verifier: Callable[..., SessionTokenVerifier], clock: FakeMonotonicClock
+) -> None:
+    """A forged kid's refetch (held open 3 s by a slow Clerk) must not hold up valid tokens."""
+    verifier = make_verifier(timeout=10)
+    verifier.verify(fake.mint_token("user_1"))
+    clock.advance(31)
+    fake.delay(3, times=1, on="jwks")
+    forged_token = fake.mint_token("user_1", kid="ins_forged")
+
+    def verify_forged() -> None:
+        with contextlib.suppress(InvalidSessionToken):
+            verifier.verify(forged_token)
+
+    forged = threading.Thread(target=verify_forged)
+    forged.start()
+    deadline = time.monotonic() + 10
+    while fake.jwks_requests < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.jwks_requests == 2, "the forged kid did not start a refetch"
+
+    started = time.monotonic()
+    for _ in range(5):
+        assert verifier.verify(fake.mint_token("user_1")).user_id == "user_1"
+    took = time.monotonic() - started
+
+    assert forged.is_alive(), "the refetch ended before the valid tokens were checked"
+    assert took < 1.5, f"valid tokens waited {took:.2f} s behind the refetch"
+    forged.join()
+
+
+def test_waiting_for_another_threads_fetch_is_bounded_by_the_deadline(
+    fake: FakeClerk, make_verifier: Callable[..., SessionTokenVerifier]
+) -> None:
+    """A cold miss queued behind a 3 s fetch gives up when its own deadline passes."""
+    verifier = make_verifier(timeout=10)
+    fake.delay(3, times=1, on="jwks")
+    token = fake.mint_token("user_1")
+    first = threading.Thread(target=lambda: verifier.verify(token))
+    first.start()
+    deadline_at = time.monotonic() + 10
+    while fake.jwks_requests < 1 and time.monotonic() < deadline_at:
+        time.sleep(0.01)
+
+    started = time.monotonic()
+    with deadline(0.5), pytest.raises(ClerkUnavailable, match="waiting for Clerk's JWKS"):
+        verifier.verify(token)
+    took = time.monotonic() - started
+
+    assert first.is_alive(), "the first fetch ended before the second gave up"
+    assert took < 0.5 + 1.5
+    first.join()
+    assert verifier.verify(token).user_id == "user_1"  # the first fetch filled the cache
     assert fake.jwks_requests == 1
 
 

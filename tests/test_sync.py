@@ -24,6 +24,7 @@ from prisma.models import User
 
 from app.clerk.users import ClerkUser, parse_clerk_user
 from app.sync import SyncOutcome, SyncResult, delete_user_from_database, sync_user_with_database
+from prisma_engines import auth
 from tests.concurrency import HANG_GUARD, run_at_once
 from tests.fakeclerk import build_clerk_user
 
@@ -232,7 +233,7 @@ def sync_in_child_process(
     url: str, raw_user: dict[str, Any], barrier: Any, results: multiprocessing.queues.Queue[tuple[str, str]]
 ) -> None:
     """Child process body: its own client and engine, released together with the other writers."""
-    client = Prisma(datasource={"url": url})
+    client = Prisma(datasource={"url": url}, http=auth.http_options())
     try:
         client.connect()
         try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import httpx
 from flask import Flask, current_app
 
 from ..config import Settings
 from ..errors import ApiError
-from .api import ClerkAPI
+from .api import ClerkAPI, new_http_client
 from .tokens import SessionTokenVerifier
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,14 @@ class Clerk:
 
 def init_app(app: Flask, settings: Settings) -> Clerk:
     # One connection pool to Clerk for the user fetches and the JWKS fetches alike.
-    http = httpx.Client()
+    http = new_http_client()
     api = None
     if settings.clerk_secret_key:
         api = ClerkAPI(
             settings.clerk_api_url, settings.clerk_secret_key, timeout=settings.clerk_timeout, http=http
         )
-    else:
-        log.warning("CLERK_SECRET_KEY is not set: /after-login and the backfill cannot fetch users")
+    for warning in settings.warnings():
+        log.warning("%s", warning)
     verifier = None
     if settings.clerk_jwt_key or settings.clerk_secret_key:
         verifier = SessionTokenVerifier(
@@ -51,6 +50,7 @@ def init_app(app: Flask, settings: Settings) -> Clerk:
             api_url=settings.clerk_api_url,
             secret_key=settings.clerk_secret_key,
             authorized_parties=settings.clerk_authorized_parties,
+            issuer=settings.clerk_issuer,
             timeout=settings.clerk_timeout,
             http=http,
         )

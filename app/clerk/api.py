@@ -14,9 +14,24 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = ["ClerkAPI", "ClerkAPIError", "ClerkUnavailable", "ClerkUserNotFound", "parse_retry_after"]
+from .. import metrics
+from .deadline import deadline, new_client, remaining
+
+__all__ = [
+    "CLERK_API_VERSION",
+    "ClerkAPI",
+    "ClerkAPIError",
+    "ClerkUnavailable",
+    "ClerkUserNotFound",
+    "new_http_client",
+    "parse_retry_after",
+]
 
 USER_AGENT = "clerk-sync"
+# The Backend API version the parser (app.clerk.users) was written against; Clerk
+# answers in this version's shapes whatever the instance's default. See README,
+# "Clerk API version", before changing it.
+CLERK_API_VERSION = "2025-11-10"
 MAX_PAGE_SIZE = 500
 
 
@@ -44,10 +59,17 @@ class ClerkUnavailable(ClerkAPIError):
         self.retry_after = retry_after
 
 
+def new_http_client() -> httpx.Client:
+    """A connection pool for Clerk whose calls honour `deadline()` (see app.clerk.deadline)."""
+    return new_client()
+
+
 class ClerkAPI:
     """`api_url` is the Backend API origin, e.g. `https://api.clerk.com`, without `/v1`.
 
-    Pass `http` to share a connection pool; the caller then owns (and closes) it.
+    Each call ends within `timeout` seconds in all, or sooner inside a shorter
+    `deadline()`. Pass `http` (from `new_http_client`) to share a connection pool;
+    the caller then owns (and closes) it.
     """
 
     def __init__(
@@ -63,7 +85,7 @@ class ClerkAPI:
         self._secret_key = secret_key
         self._timeout = timeout
         self._owns_http = http is None
-        self._http = http if http is not None else httpx.Client()
+        self._http = http if http is not None else new_http_client()
 
     def __repr__(self) -> str:
         return f"ClerkAPI({self._base_url!r})"  # never the secret
@@ -124,12 +146,20 @@ class ClerkAPI:
             raise ClerkUnavailable("Clerk returned a JWKS without a 'keys' list", status_code=200)
         return body
 
+    @metrics.clerk_call
     def _get(self, path: str, params: dict[str, int] | None = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self._secret_key}", "User-Agent": USER_AGENT}
+        headers = {
+            "Authorization": f"Bearer {self._secret_key}",
+            "Clerk-API-Version": CLERK_API_VERSION,
+            "User-Agent": USER_AGENT,
+        }
         try:
-            response = self._http.get(
-                self._base_url + path, params=params, headers=headers, timeout=self._timeout
-            )
+            with deadline(self._timeout):
+                # Also bounds the wait for a free pooled connection, which no socket call covers.
+                left = remaining()
+                budget = self._timeout if left is None else max(left, 0.001)
+                url = self._base_url + path
+                response = self._http.get(url, params=params, headers=headers, timeout=budget)
         except httpx.TimeoutException as exc:
             raise ClerkUnavailable(f"Clerk did not answer GET {path} in time") from exc
         except httpx.TransportError as exc:

@@ -27,7 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.exceptions import InvalidIssuedAtError, InvalidSubjectError
 
+from app import metrics
 from app.clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable
+from app.clerk.deadline import remaining
+from app.clerk.users import clip, is_plausible_user_id
 
 __all__ = [
     "InvalidSessionToken",
@@ -53,6 +56,7 @@ TokenErrorCode = Literal[
     "token_not_yet_valid",
     "token_invalid_claims",
     "token_wrong_azp",
+    "token_wrong_issuer",
 ]
 
 
@@ -113,6 +117,8 @@ class SessionTokenVerifier:
     rotation) triggers a JWKS refetch, but at most one fetch is attempted per
     `jwks_refetch_interval` seconds, failed or not, so that a flood of forged
     `kid`s or a Clerk outage cannot turn into a flood of requests to Clerk.
+    A token whose `kid` is cached never waits for a fetch.
+    `issuer` (Clerk's Frontend API URL), when given, must equal the token's `iss`.
     `monotonic` is injectable so tests can move time without sleeping.
     """
 
@@ -123,6 +129,7 @@ class SessionTokenVerifier:
         api_url: str,
         secret_key: str | None,
         authorized_parties: Sequence[str],
+        issuer: str | None = None,
         leeway: float = 5,
         jwks_refetch_interval: float = 30,
         timeout: float = 5.0,
@@ -132,6 +139,7 @@ class SessionTokenVerifier:
         if isinstance(authorized_parties, str):
             raise TypeError("authorized_parties must be a sequence of origins, not one string")
         self._authorized_parties = frozenset(party.rstrip("/") for party in authorized_parties)
+        self._issuer = issuer.rstrip("/") if issuer else None
         self._leeway = leeway
         self._static_key: RSAPublicKey | None = None
         self._jwks: _JWKSCache | None = None
@@ -175,6 +183,7 @@ class SessionTokenVerifier:
         except jwt.PyJWTError as exc:
             raise _as_invalid_token(exc) from None
 
+        self._check_issuer(claims)
         return SessionClaims(
             user_id=_user_id(claims),
             session_id=_optional_claim(claims, "sid"),
@@ -193,6 +202,13 @@ class SessionTokenVerifier:
             raise InvalidSessionToken("token_unknown_key", "the session token's signing key is not Clerk's")
         return key
 
+    def _check_issuer(self, claims: Mapping[str, Any]) -> None:
+        if self._issuer is None:
+            return
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or iss.rstrip("/") != self._issuer:
+            raise InvalidSessionToken("token_wrong_issuer", "the session token was issued by another Clerk")
+
     def _authorized_party(self, claims: Mapping[str, Any]) -> str | None:
         azp = claims.get("azp")
         if azp is not None and not isinstance(azp, str):
@@ -203,38 +219,55 @@ class SessionTokenVerifier:
 
 
 class _JWKSCache:
-    """RSA keys by `kid`, refetched on a miss at most once per `refetch_interval`."""
+    """RSA keys by `kid`, refetched on a miss at most once per `refetch_interval`.
+
+    A hit reads `_keys` without any lock: the dict is replaced whole, never
+    changed in place, so a known `kid` never waits behind a refetch. Misses take
+    `_fetch_lock`, so misses that arrive together wait for one fetch (single
+    flight) instead of each making their own.
+    """
 
     def __init__(self, api: ClerkAPI, refetch_interval: float, monotonic: Callable[[], float]) -> None:
         self.api = api
         self._refetch_interval = refetch_interval
         self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._keys: dict[str, RSAPublicKey] = {}
+        self._fetch_lock = threading.Lock()
+        self._keys: Mapping[str, RSAPublicKey] = MappingProxyType({})
         self._last_attempt: float | None = None
         self._last_failure: ClerkAPIError | None = None
 
     def key_for(self, kid: str) -> RSAPublicKey | None:
-        # Fetching under the lock is deliberate: threads that miss together wait
-        # for one fetch instead of each making their own.
-        with self._lock:
-            key = self._keys.get(kid)
-            if key is not None:
-                return key
-            now = self._monotonic()
-            if self._last_attempt is None or now - self._last_attempt >= self._refetch_interval:
-                self._last_attempt = now
-                self._refresh()
-                return self._keys.get(kid)
-            failure = self._last_failure
-            if failure is None:
-                return None
-            # The last fetch failed, so we still cannot tell whether this kid is Clerk's.
-            if isinstance(failure, ClerkUnavailable):
-                wait = self._refetch_interval - (now - self._last_attempt)
-                raise ClerkUnavailable(str(failure), status_code=failure.status_code, retry_after=wait)
-            raise ClerkAPIError(str(failure), status_code=failure.status_code)
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        # Waiting for another thread's fetch counts against this call's deadline too.
+        left = remaining()
+        if not self._fetch_lock.acquire(timeout=-1 if left is None else max(left, 0.0)):
+            raise ClerkUnavailable("timed out waiting for Clerk's JWKS")
+        try:
+            return self._key_after_miss(kid)
+        finally:
+            self._fetch_lock.release()
 
+    def _key_after_miss(self, kid: str) -> RSAPublicKey | None:
+        key = self._keys.get(kid)  # fetched while this thread waited for the lock
+        if key is not None:
+            return key
+        now = self._monotonic()
+        if self._last_attempt is None or now - self._last_attempt >= self._refetch_interval:
+            self._last_attempt = now
+            self._refresh()
+            return self._keys.get(kid)
+        failure = self._last_failure
+        if failure is None:
+            return None
+        # The last fetch failed, so we still cannot tell whether this kid is Clerk's.
+        if isinstance(failure, ClerkUnavailable):
+            wait = self._refetch_interval - (now - self._last_attempt)
+            raise ClerkUnavailable(str(failure), status_code=failure.status_code, retry_after=wait)
+        raise ClerkAPIError(str(failure), status_code=failure.status_code)
+
+    @metrics.jwks_fetch
     def _refresh(self) -> None:
         try:
             jwks = self.api.get_jwks()
@@ -243,7 +276,7 @@ class _JWKSCache:
             logger.warning("could not fetch Clerk's JWKS: %s", exc)
             raise
         self._last_failure = None
-        self._keys = _rsa_keys(jwks)
+        self._keys = MappingProxyType(_rsa_keys(jwks))
         logger.info("fetched Clerk's JWKS: %d RSA key(s)", len(self._keys))
 
 
@@ -259,7 +292,7 @@ def _rsa_keys(jwks: Mapping[str, Any]) -> dict[str, RSAPublicKey]:
         try:
             key = jwt.PyJWK(entry, algorithm=ALGORITHM).key
         except jwt.PyJWTError:
-            logger.warning("skipping unusable JWKS key %r", kid)
+            logger.warning("skipping unusable JWKS key %s", clip(kid))
             continue
         if isinstance(key, RSAPublicKey):
             keys[kid] = key
@@ -280,6 +313,8 @@ def _user_id(claims: Mapping[str, Any]) -> str:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise InvalidSessionToken("token_invalid_claims", "the session token has no subject")
+    if not is_plausible_user_id(sub):
+        raise InvalidSessionToken("token_invalid_claims", "the session token's sub is not a Clerk user id")
     return sub
 
 

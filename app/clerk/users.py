@@ -8,16 +8,53 @@ fields over time, and an unknown field must never break the sync.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["ClerkUser", "InvalidClerkUser", "parse_clerk_user", "parse_deleted_user_id"]
+__all__ = [
+    "MAX_LENGTHS",
+    "ClerkUser",
+    "InvalidClerkUser",
+    "clip",
+    "is_plausible_user_id",
+    "parse_clerk_user",
+    "parse_deleted_user_id",
+    "require_storable",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The last millisecond a datetime can hold; a larger "timestamp" is garbage, not a date.
 _MAX_UPDATED_AT = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+
+
+# The longest value Clerk can send for each field we store or key on, with headroom.
+# Clerk ids are a prefix and 27 base62 characters; an email address is at most 320
+# characters (RFC 3696); usernames at most 64; image URLs are Clerk CDN links of a few
+# hundred. Longer means the data is not Clerk's, and storing it could exceed
+# PostgreSQL's btree index row size (about 2.7 KB), a permanent failure.
+MAX_LENGTHS: Mapping[str, int] = {
+    "id": 64,
+    "email_address": 320,
+    "first_name": 256,
+    "last_name": 256,
+    "username": 256,
+    "image_url": 2048,
+    "svix-id": 128,
+    "type": 128,
+}
+_USER_ID = re.compile(r"user_[0-9A-Za-z_]+")
+
+
+def is_plausible_user_id(value: object) -> bool:
+    """Whether `value` could be a Clerk user id: `user_` and base62, within the id length bound.
+
+    Ids end up in Backend API paths, so anything else ("." or "..", which survive
+    URL quoting as dot-segments) must be refused before any request is made.
+    """
+    return isinstance(value, str) and len(value) <= MAX_LENGTHS["id"] and bool(_USER_ID.fullmatch(value))
 
 
 class InvalidClerkUser(ValueError):
@@ -56,7 +93,7 @@ def parse_clerk_user(data: object) -> ClerkUser:
     user = _require_object(data, "user")
     kind = user.get("object")
     if kind is not None and kind != "user":
-        raise InvalidClerkUser(f"expected a Clerk object of type 'user', got {kind!r}")
+        raise InvalidClerkUser(f"expected a Clerk object of type 'user', got {clip(repr(kind))}")
     return ClerkUser(
         id=_require_id(user),
         email=_primary_email(user),
@@ -86,7 +123,7 @@ def _require_object(data: object, what: str) -> Mapping[str, Any]:
 def _require_id(user: Mapping[str, Any]) -> str:
     user_id = user.get("id")
     if not isinstance(user_id, str) or not user_id:
-        raise InvalidClerkUser(f"a Clerk user needs a non-empty string 'id', got {user_id!r}")
+        raise InvalidClerkUser(f"a Clerk user needs a non-empty string 'id', got {type(user_id).__name__}")
     return require_storable(user_id, "id")
 
 
@@ -98,11 +135,15 @@ def _optional_str(data: Mapping[str, Any], field: str) -> str | None:
 
 
 def require_storable(value: str, field: str) -> str:
-    """`value`, if PostgreSQL can store it as text: no NUL character, valid UTF-8 (no lone surrogates).
+    """`value`, if PostgreSQL can store it as text: no NUL character, valid UTF-8 (no lone
+    surrogates), and no longer than Clerk sends for `field` (see `MAX_LENGTHS`).
 
-    JSON allows both (as escapes), and either would fail the write itself, too late to
-    answer anything but an error the sender would retry forever.
+    JSON allows all three, and each would fail the write itself, too late to answer
+    anything but an error the sender would retry forever.
     """
+    limit = MAX_LENGTHS.get(field)
+    if limit is not None and len(value) > limit:
+        raise InvalidClerkUser(f"'{field}' is {len(value)} characters long, over the {limit} Clerk sends")
     if "\x00" in value:
         raise InvalidClerkUser(f"'{field}' contains a NUL character")
     try:
@@ -118,9 +159,11 @@ def _version(user: Mapping[str, Any]) -> int:
         return 0
     # bool is an int subclass; `true` is not a timestamp.
     if isinstance(updated_at, bool) or not isinstance(updated_at, int):
-        raise InvalidClerkUser(f"'updated_at' must be an integer of milliseconds, got {updated_at!r}")
+        raise InvalidClerkUser(
+            f"'updated_at' must be an integer of milliseconds, got {type(updated_at).__name__}"
+        )
     if not 0 <= updated_at <= _MAX_UPDATED_AT:
-        raise InvalidClerkUser(f"'updated_at' is out of range: {updated_at}")
+        raise InvalidClerkUser("'updated_at' is out of range")
     return updated_at
 
 
@@ -143,3 +186,15 @@ def _primary_email(user: Mapping[str, Any]) -> str | None:
                 raise InvalidClerkUser("the primary email address has no string 'email_address'")
             return require_storable(email, "email_address")
     return None
+
+
+def clip(value: object, limit: int = 64) -> str:
+    """`value` (a string as is, anything else as its repr), cut to about `limit` characters,
+    for messages that quote untrusted data.
+
+    Unbounded quotes made log lines of 250 KB; the length is kept so the cut is visible.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars)"

@@ -7,7 +7,8 @@ import logging
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from ..db import UNAVAILABLE_ERRORS, get_db
+from .. import metrics
+from ..db import DATABASE_ERRORS, get_db
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -17,7 +18,8 @@ bp = Blueprint("health", __name__)
 def healthz() -> ResponseReturnValue:
     try:
         get_db().execute_raw("SELECT 1")
-    except UNAVAILABLE_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
+        metrics.database_failure(exc)
         log.warning("health check failed: %s", type(exc).__name__)
         return jsonify(status="unavailable", database="unreachable"), 503
     return jsonify(status="ok", database="ok"), 200

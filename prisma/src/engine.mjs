@@ -6,21 +6,20 @@
 // of waiting forever, and `restart()` then builds a fresh instance.
 
 import fs from 'node:fs';
-import os from 'node:os';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 
+import { createPool, poolConfig } from './pool.mjs';
+
+export { poolConfig };
+
 const require = createRequire(import.meta.url);
-const pg = require('pg');
 const { PrismaPg } = require('@prisma/adapter-pg');
 const { bindAdapter } = require('@prisma/driver-adapter-utils');
 
 const wasmDir = new URL('./postgresql/', pathToFileURL(require.resolve('@prisma/query-engine-wasm/package.json')));
 const wasmBytes = fs.readFileSync(new URL('query_engine_bg.wasm', wasmDir));
 const wasmModule = new WebAssembly.Module(wasmBytes);
-
-// URL parameters that Prisma reads itself; node-postgres must not see them.
-const PRISMA_URL_PARAMS = ['schema', 'connection_limit', 'pool_timeout', 'pgbouncer', 'socket_timeout', 'statement_cache_size', 'connect_timeout'];
 
 export class EnginePanic extends Error {}
 
@@ -31,26 +30,6 @@ export class EnginePanic extends Error {}
  */
 export function isTransactionIdShape(id) {
   return typeof id === 'string' && /^[a-z0-9]{25}$/.test(id);
-}
-
-/** node-postgres pool settings from a Prisma PostgreSQL URL. */
-export function poolConfig(url) {
-  const parsed = new URL(url);
-  const params = parsed.searchParams;
-  const limit = Number(params.get('connection_limit'));
-  const connectTimeout = Number(params.get('connect_timeout') ?? 5);
-  const schema = params.get('schema') ?? undefined;
-  for (const name of PRISMA_URL_PARAMS) params.delete(name);
-  return {
-    pool: {
-      connectionString: parsed.toString(),
-      // Prisma's default pool size: twice the CPUs plus one.
-      max: limit > 0 ? limit : os.availableParallelism() * 2 + 1,
-      connectionTimeoutMillis: connectTimeout > 0 ? connectTimeout * 1000 : 0,
-      idleTimeoutMillis: 30_000,
-    },
-    schema,
-  };
 }
 
 /** Add `previewFeatures = ["driverAdapters"]`, without which every model action is unknown to the engine. */
@@ -79,14 +58,15 @@ export class WasmEngine {
     const bg = await import(`${new URL('query_engine_bg.js', wasmDir)}?instance=${this.generation}`);
     const instance = await WebAssembly.instantiate(wasmModule, { './query_engine_bg.js': bg });
     bg.__wbg_set_wasm(instance.exports);
-    this.pool = new pg.Pool(this.config.pool);
+    this.pool = createPool(this.config, this.log);
     // An idle connection dropped by the server must not crash the process.
     this.pool.on('error', (err) => this.log({ level: 'warn', message: `idle database connection failed: ${err.message}` }));
     const adapter = new PrismaPg(this.pool, this.config.schema ? { schema: this.config.schema } : undefined);
+    releaseLateTransactions(adapter, () => this.maxWaitMillis);
     this.engine = new bg.QueryEngine(
       { datamodel: this.datamodel, logLevel: 'info', logQueries: this.logQueries },
       (line) => this.log(safeParse(line)),
-      bindAdapter(adapter),
+      (this.adapter = bindAdapter(adapter)),
     );
     await this.engine.connect('{}');
   }
@@ -136,11 +116,23 @@ export class WasmEngine {
     });
   }
 
+  /**
+   * The JavaScript error behind a "P2036 Error in external connector (id N)", removed from the
+   * adapter's registry, which otherwise keeps every error for the life of the process.
+   */
+  takeConnectorError(id) {
+    const registry = this.adapter?.errorRegistry;
+    const entry = registry?.registeredErrors?.[id];
+    if (entry) registry.registeredErrors[id] = undefined;
+    return entry?.error;
+  }
+
   query(body, txId) {
     return this.track((engine) => engine.query(body, '{}', txId));
   }
 
   async startTransaction(options) {
+    this.maxWaitMillis = options.max_wait;
     return JSON.parse(await this.track((engine) => engine.startTransaction(JSON.stringify(options), '{}')));
   }
 
@@ -148,6 +140,26 @@ export class WasmEngine {
     const run = how === 'commit' ? 'commitTransaction' : 'rollbackTransaction';
     return JSON.parse(await this.track((engine) => engine[run](id, '{}')));
   }
+}
+
+/**
+ * The engine stops waiting for a transaction's connection after max_wait, but the
+ * adapter's checkout goes on; a connection it gets after that would never be
+ * released, and the pool would shrink by one for good. So one that arrives that late
+ * goes straight back to the pool, and the start fails.
+ */
+function releaseLateTransactions(adapter, maxWaitMillis) {
+  const start = adapter.startTransaction.bind(adapter);
+  adapter.startTransaction = async (...args) => {
+    const began = Date.now();
+    const result = await start(...args);
+    const limit = maxWaitMillis();
+    if (result.ok && limit > 0 && Date.now() - began >= limit - 50) {
+      result.value.client.release();
+      throw new Error(`no database connection within the transaction's max_wait (${limit} ms)`);
+    }
+    return result;
+  };
 }
 
 function safeParse(line) {

@@ -1,6 +1,7 @@
 // The native query engine's HTTP interface, as Prisma Client Python uses it,
 // served by the WebAssembly engine.
 
+import { timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import { createRequire } from 'node:module';
@@ -14,6 +15,22 @@ const schemaWasm = require('@prisma/prisma-schema-wasm');
 
 const LEVELS = { trace: 0, debug: 1, info: 2, warn: 3, error: 4 };
 const MAX_BODY = 64 * 1024 * 1024;
+
+// The engine listens on loopback, where any local user could connect. Its own client
+// proves itself with a per-process secret: the parent puts it in the engine's
+// environment and sends it in this header on every request (prisma_engines/auth.py).
+export const TOKEN_ENV = 'QUERY_ENGINE_TOKEN';
+export const TOKEN_HEADER = 'x-query-engine-token';
+
+/** A constant-time check of a request's token header against `token`. */
+export function tokenChecker(token) {
+  const expected = Buffer.from(token, 'utf8');
+  return (header) => {
+    if (typeof header !== 'string') return false;
+    const given = Buffer.from(header, 'utf8');
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  };
+}
 
 /** The datasource URL: OVERWRITE_DATASOURCES first, as the client sets it, then the schema's `url`. */
 export function datasourceUrl(datamodel, env) {
@@ -52,6 +69,10 @@ class Metrics {
 export async function startServer({ port, env = process.env }) {
   const datamodelPath = env.PRISMA_DML_PATH;
   if (!datamodelPath) throw new Error('PRISMA_DML_PATH is not set');
+  const token = env[TOKEN_ENV];
+  if (!token || token.length < 16) throw new Error(`${TOKEN_ENV} is not set (at least 16 characters): the engine serves only a client that sends it in ${TOKEN_HEADER}`);
+  delete env[TOKEN_ENV]; // nothing this process starts needs it
+  const authorized = tokenChecker(token);
   const datamodel = fs.readFileSync(datamodelPath, 'utf8');
   const schema = new Schema(JSON.parse(schemaWasm.get_dmmf(JSON.stringify({ prismaSchema: datamodel }))));
   const threshold = LEVELS[String(env.RUST_LOG ?? 'error').toLowerCase()] ?? LEVELS.error;
@@ -158,6 +179,12 @@ export async function startServer({ port, env = process.env }) {
   };
 
   const server = http.createServer((req, res) => {
+    if (!authorized(req.headers[TOKEN_HEADER])) {
+      // Refused before the body is read or anything is parsed; the connection is not kept.
+      res.writeHead(401, { 'content-type': 'application/json', connection: 'close' });
+      res.end(stringify({ errors: [engineError(`missing or wrong ${TOKEN_HEADER}`)] }));
+      return;
+    }
     const chunks = [];
     let size = 0;
     req.on('data', (chunk) => {
@@ -187,7 +214,10 @@ export async function startServer({ port, env = process.env }) {
           payload = { errors: [engineError(`the offline query engine failed: ${error?.message ?? error}`)] };
         }
       }
-      if (payload?.errors) metrics.counters.prisma_client_queries_failed_total += 1;
+      if (payload?.errors) {
+        metrics.counters.prisma_client_queries_failed_total += 1;
+        for (const error of payload.errors) explainConnectorError(engine, error);
+      }
       const text = typeof payload === 'string' ? payload : stringify(payload);
       res.writeHead(status, { 'content-type': typeof payload === 'string' ? 'text/plain' : 'application/json' });
       res.end(text);
@@ -209,6 +239,19 @@ export async function startServer({ port, env = process.env }) {
     process.exit(0);
   };
   return { shutdown };
+}
+
+/**
+ * Put the cause of a driver-adapter error (P2036: a pg error thrown in JavaScript, such as a
+ * refused or timed-out connection) into its meta, so that the client can tell what failed.
+ */
+function explainConnectorError(engine, error) {
+  const facing = error?.user_facing_error;
+  if (facing?.error_code !== 'P2036' || !Number.isInteger(facing.meta?.id)) return;
+  const cause = engine.takeConnectorError(facing.meta.id);
+  if (!cause) return;
+  facing.meta = { ...facing.meta, message: String(cause.message ?? cause) };
+  if (typeof cause.code === 'string') facing.meta.code = cause.code;
 }
 
 function asErrors(userFacingError) {

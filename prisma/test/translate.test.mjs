@@ -13,7 +13,7 @@ import { isTransactionIdShape, poolConfig, withDriverAdapters } from '../src/eng
 
 const require = createRequire(import.meta.url);
 const schemaWasm = require('@prisma/prisma-schema-wasm');
-const datamodel = fs.readFileSync(new URL('../../../tests/conformance/schema.prisma', import.meta.url), 'utf8');
+const datamodel = fs.readFileSync(new URL('../../tests/conformance/schema.prisma', import.meta.url), 'utf8');
 const schema = new Schema(JSON.parse(schemaWasm.get_dmmf(JSON.stringify({ prismaSchema: datamodel }))));
 
 test('parses the builder layout: aliases, argument blocks, lists with trailing commas', () => {
@@ -140,9 +140,29 @@ test('adds the driverAdapters preview feature once, wherever previewFeatures sta
 test('reads Prisma URL parameters and keeps them from node-postgres', () => {
   const { pool, schema: pgSchema } = poolConfig('postgresql://u:p@db:5432/app?schema=tenant&connection_limit=3&connect_timeout=7&sslmode=require');
   assert.equal(pool.max, 3);
-  assert.equal(pool.connectionTimeoutMillis, 7000);
   assert.equal(pgSchema, 'tenant');
   assert.equal(pool.connectionString, 'postgresql://u:p@db:5432/app?sslmode=require');
+});
+
+test('bounds every wait: connect, pool checkout, unanswered queries, and server-side limits', () => {
+  const defaults = poolConfig('postgresql://u@db/app', {});
+  assert.equal(defaults.connectTimeoutMillis, 5000);
+  assert.equal(defaults.pool.connectionTimeoutMillis, 10000);
+  assert.equal(defaults.queryTimeoutMillis, 10000);
+  assert.equal(defaults.pool.keepAlive, true);
+  assert.equal(defaults.pool.statement_timeout, 5000);
+  assert.equal(defaults.pool.lock_timeout, 4000);
+  assert.equal(defaults.pool.idle_in_transaction_session_timeout, 10000);
+
+  const env = { DATABASE_STATEMENT_TIMEOUT: '2.5', DATABASE_LOCK_TIMEOUT: '0', DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: '3' };
+  const set = poolConfig('postgresql://u@db/app?connect_timeout=7&pool_timeout=2&socket_timeout=4', env);
+  assert.equal(set.connectTimeoutMillis, 7000);
+  assert.equal(set.pool.connectionTimeoutMillis, 2000);
+  assert.equal(set.queryTimeoutMillis, 4000);
+  assert.equal(set.pool.statement_timeout, 2500);
+  assert.equal(set.pool.lock_timeout, undefined, '0 leaves the server its own setting');
+  assert.equal(set.pool.idle_in_transaction_session_timeout, 3000);
+  assert.throws(() => poolConfig('postgresql://u@db/app', { DATABASE_LOCK_TIMEOUT: 'soon' }), /DATABASE_LOCK_TIMEOUT/);
 });
 
 test('lets only engine-shaped transaction ids through (shorter ones make the engine panic)', () => {

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from prisma_engines import engines, migrations
+from prisma_engines import auth, builder, engines, migrations
 
 HERE = Path(__file__).resolve().parent
 SCHEMA = HERE / "schema.prisma"
@@ -27,7 +27,9 @@ TABLES = ('"Author"', '"Profile"', '"Post"', '"Category"', '"_CategoryToPost"')
 def client_module() -> ModuleType:
     engines.generate(SCHEMA)
     sys.path.insert(0, str(HERE / "generated"))
-    return importlib.import_module("conformance_client")
+    module = importlib.import_module("conformance_client")
+    builder.patch(importlib.import_module("conformance_client._builder"))
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +49,7 @@ def conformance_url(
 
 @pytest.fixture(scope="session")
 def session_client(client_module: ModuleType, conformance_url: str) -> Iterator[Any]:
-    client = client_module.Prisma(datasource={"url": conformance_url})
+    client = client_module.Prisma(datasource={"url": conformance_url}, http=auth.http_options())
     client.connect()
     yield client
     client.disconnect()
@@ -64,7 +66,7 @@ def db(session_client: Any, conformance_url: str) -> Any:
 @pytest.fixture
 def fresh_client(client_module: ModuleType, conformance_url: str) -> Iterator[Any]:
     """A client of its own, for tests that break its engine."""
-    client = client_module.Prisma(datasource={"url": conformance_url})
+    client = client_module.Prisma(datasource={"url": conformance_url}, http=auth.http_options())
     yield client
     if client.is_connected():
         client.disconnect()

@@ -12,6 +12,8 @@ import httpx
 import psycopg
 import pytest
 
+from prisma_engines import auth
+
 
 def test_unique_violation(db: Any, client_module: Any) -> None:
     db.author.create(data={"email": "dup@example.com"})
@@ -98,7 +100,8 @@ def test_engine_panic_fails_the_request_and_the_engine_recovers(
 def test_unreachable_database_is_a_prisma_error_everywhere(client_module: Any) -> None:
     # Nothing listens on port 1: queries, batches and transaction starts must all raise the client's errors.
     client = client_module.Prisma(
-        datasource={"url": "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"}
+        datasource={"url": "postgresql://postgres@127.0.0.1:1/none?connect_timeout=2"},
+        http=auth.http_options(),
     )
     client.connect()
     try:
