@@ -222,3 +222,20 @@ def test_server_answers_are_json_and_close_honestly(gunicorn: Served, db: object
         assert headers["content-type"] == "application/json"
         assert set(body["error"]) == {"code", "message"}
         assert closed
+
+
+def test_master_never_imports_the_app(gunicorn: Served, db: object) -> None:
+    """Workers patch for gevent before importing the app; a master holding it would fork it unpatched."""
+    master = gunicorn.process.pid
+    killed = min(_children(master))
+    os.kill(killed, signal.SIGKILL)  # the master runs child_exit, then forks a replacement
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        workers = _children(master)
+        if killed not in workers and len(workers) == 2 and all(_children(w) for w in workers):
+            break
+        time.sleep(0.2)
+    assert killed not in workers and len(workers) == 2
+    # Prisma's pydantic_core extension is mapped into every process that imported the app.
+    assert all("pydantic_core" in (Path("/proc") / str(w) / "maps").read_text() for w in workers)
+    assert "pydantic_core" not in (Path("/proc") / str(master) / "maps").read_text()
