@@ -99,6 +99,10 @@ class Server:
     port: int
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
 
 def _wait_up(url: str, processes: list[subprocess.Popen[bytes]], log: Path) -> None:
     deadline = time.monotonic() + 90
@@ -209,14 +213,38 @@ async def _throughput(port: int, requests: list[bytes], clients: int, seconds: f
     }
 
 
-def throughput(port: int, kind: str, clients: int, seconds: float) -> dict[str, object]:
+def _tree_cpu(roots: list[int]) -> float:
+    """CPU seconds used so far by `roots` and all their descendants (workers, engines)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+                cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, frontier = set(roots), list(roots)
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def throughput(port: int, kind: str, clients: int, seconds: float, roots: list[int]) -> dict[str, object]:
     make = {"healthz": healthz, "noop": noop_webhook, "webhook": user_webhook}[kind]
     # Enough prepared requests that the phase ends by time, not by running out.
     budget = {"healthz": 1500, "noop": 1500, "webhook": 400}[kind]
     requests = [make() for _ in range(int(budget * seconds))]
     warm = [make() for _ in range(clients * 5)]
     asyncio.run(_throughput(port, warm, clients, 30))
-    return asyncio.run(_throughput(port, requests, clients, seconds))
+    cpu = _tree_cpu(roots)
+    result = asyncio.run(_throughput(port, requests, clients, seconds))
+    done = sum(n for status, n in result["statuses"].items() if isinstance(status, int))  # type: ignore[attr-defined]
+    # CPU per request doesn't depend on the share of a busy machine each server got.
+    result["cpu_ms"] = (_tree_cpu(roots) - cpu) * 1000 / max(done, 1)
+    return result
 
 
 # --- slow clients -------------------------------------------------------------------------------
@@ -273,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                     with serve(option, env, Path(tmp_dir)) as server:
                         row: dict[str, object] = {"load": os.getloadavg()[0]}
                         for kind in ("healthz", "noop", "webhook"):
-                            row[kind] = throughput(server.port, kind, args.clients, args.seconds)
+                            row[kind] = throughput(server.port, kind, args.clients, args.seconds, server.pids)
                         for slow_kind in ("header", "body"):
                             row[f"slow_{slow_kind}"] = slow(server.port, slow_kind, 50, args.slow_seconds)
                         results[option].append(row)
@@ -284,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     base = results.get("gthread") or results[options[0]]
     print(
         "\n| server | /healthz req/s | no-op webhook req/s | webhook req/s (p99 ms) | vs gthread "
-        "(healthz / no-op / webhook) | slow-header probes failed | slow-body probes failed |"
+        "(healthz / no-op / webhook) | server CPU ms per request (healthz / no-op / webhook) "
+        "| slow-header probes failed | slow-body probes failed |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for option in options:
         for i, row in enumerate(results[option]):
             ref = base[i]
@@ -299,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {option} | {h['rps']:.0f} | {n['rps']:.0f} | {w['rps']:.0f} ({w['p99']:.0f}) | "  # type: ignore[index]
                 f"{r('healthz'):.2f} / {r('noop'):.2f} / {r('webhook'):.2f} | "
+                f"{h['cpu_ms']:.1f} / {n['cpu_ms']:.1f} / {w['cpu_ms']:.1f} | "  # type: ignore[index]
                 f"{sh['failed']} of {sh['tried']} | {sb['failed']} of {sb['tried']} |"  # type: ignore[index]
             )
     return 0
