@@ -75,6 +75,15 @@ class BufferingWorker(GeventWorker):
         self.login_slots = BoundedSemaphore(int(_env_number("LOGIN_CONCURRENCY", 8)))
         super().init_process()
 
+    def run(self) -> None:
+        # gevent prints a greenlet's uncaught error as plain text; log it as JSON instead.
+        gevent.get_hub().print_exception = self._log_greenlet_error
+        super().run()
+
+    def _log_greenlet_error(self, context: Any, kind: Any, value: Any, tb: Any) -> None:
+        name = getattr(kind, "__name__", kind)
+        self.log.error("uncaught error in a greenlet: %s", name, exc_info=(kind, value, tb))
+
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         try:
             req.body = io.BytesIO(self._read_body(req, sock))
