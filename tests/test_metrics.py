@@ -323,7 +323,6 @@ def test_webhook_labels_are_bounded_unknown_types_count_as_other(http: httpx.Cli
     duplicate = local("clerk_sync_user_syncs_total", source="webhook", outcome="duplicate")
     deleted = local("clerk_sync_user_syncs_total", source="webhook", outcome="deleted")
     queries = local("clerk_sync_engine_request_duration_seconds_count", operation="query")
-    commits = local("clerk_sync_engine_request_duration_seconds_count", operation="commit")
 
     body, headers = webhook("user.evil_" + uuid.uuid4().hex, {"id": "user_x"})
     assert http.post("/webhooks/clerk", content=body, headers=headers).status_code == 200
@@ -339,8 +338,9 @@ def test_webhook_labels_are_bounded_unknown_types_count_as_other(http: httpx.Cli
     assert local("clerk_sync_user_syncs_total", source="webhook", outcome="ignored") == ignored + 1
     assert local("clerk_sync_user_syncs_total", source="webhook", outcome="deleted") == deleted + 1
     assert local("clerk_sync_user_syncs_total", source="webhook", outcome="duplicate") == duplicate + 1
-    assert local("clerk_sync_engine_request_duration_seconds_count", operation="query") > queries
-    assert local("clerk_sync_engine_request_duration_seconds_count", operation="commit") > commits
+    # A write is one batched engine round trip (no interactive transaction to commit): the new deletion
+    # and its duplicate each made at least one.
+    assert local("clerk_sync_engine_request_duration_seconds_count", operation="query") >= queries + 2
     route = {"route": "unmatched", "method": "GET", "status_class": "4xx"}
     assert local("clerk_sync_http_request_duration_seconds_count", **route) == unmatched + 1
     exposed = metrics_store.exposition()[0].decode()

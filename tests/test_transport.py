@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prisma import Prisma
 
-from prisma_engines import transport
+from prisma_engines import auth, transport
 from prisma_engines.transport import KeepAliveHTTP
 
 
@@ -127,7 +127,7 @@ def test_no_engine_listening_is_a_connect_error() -> None:
 
 
 def test_a_prisma_client_works_through_it(app_database_url: str) -> None:
-    client = Prisma(datasource={"url": app_database_url}, http={"timeout": 7.0})
+    client = Prisma(datasource={"url": app_database_url}, http=auth.http_options(timeout=7.0))
     client.connect()
     try:
         transport.install(client)
