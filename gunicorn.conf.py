@@ -64,6 +64,22 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
         database.close()
 
 
+def _metrics_store():  # type: ignore[no-untyped-def]
+    """app/metrics_store.py, loaded by path in the master.
+
+    `from app import ...` would import the whole app (Flask, Prisma, httpx) into the master,
+    and every worker forked later would hold those modules from before its gevent patch.
+    """
+    module = sys.modules.get("clerk_sync_metrics_store")
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", "metrics_store.py")
+        spec = importlib.util.spec_from_file_location("clerk_sync_metrics_store", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
 def on_starting(server):  # type: ignore[no-untyped-def]
     # A configuration mistake stops the master here, in one line: failing in every worker
     # instead makes gunicorn print a HaltServer traceback when two workers fail at once.
@@ -82,16 +98,12 @@ def on_starting(server):  # type: ignore[no-untyped-def]
         server.log.error("configuration error: %s", exc)
         raise SystemExit(4) from None
     if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
-        from app import metrics_store
-
-        metrics_store.fold_dead_processes()
+        _metrics_store().fold_dead_processes()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """Fold the exited worker's counts into the archive files (app.metrics_store), so none are lost."""
-    from app import metrics_store
-
-    metrics_store.fold_dead_process(worker.pid)
+    _metrics_store().fold_dead_process(worker.pid)
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
