@@ -11,9 +11,14 @@ README, "Production server"). Logs are JSON lines (serving.logs).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from pathlib import Path
+
+from dotenv import load_dotenv
 
 wsgi_app = "app:create_app()"
 bind = [os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"]
@@ -59,18 +64,46 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
         database.close()
 
 
-def on_starting(server):  # type: ignore[no-untyped-def]
-    if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
-        from app import metrics_store
+def _metrics_store():  # type: ignore[no-untyped-def]
+    """app/metrics_store.py, loaded by path in the master.
 
-        metrics_store.fold_dead_processes()
+    `from app import ...` would import the whole app (Flask, Prisma, httpx) into the master,
+    and every worker forked later would hold those modules from before its gevent patch.
+    """
+    module = sys.modules.get("clerk_sync_metrics_store")
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app", "metrics_store.py")
+        spec = importlib.util.spec_from_file_location("clerk_sync_metrics_store", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    # A configuration mistake stops the master here, in one line: failing in every worker
+    # instead makes gunicorn print a HaltServer traceback when two workers fail at once.
+    # app/config.py is loaded on its own: importing the `app` package here would create
+    # this master's metric files (app.metrics) before any worker exists.
+    spec = importlib.util.spec_from_file_location(
+        "clerk_sync_config", Path(__file__).parent / "app" / "config.py"
+    )
+    assert spec is not None and spec.loader is not None
+    config = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(config)
+    load_dotenv()
+    try:
+        config.Settings.from_env()
+    except config.ConfigError as exc:
+        server.log.error("configuration error: %s", exc)
+        raise SystemExit(4) from None
+    if os.environ.get("METRICS_DIR"):  # a server killed outright left its workers' files unfolded
+        _metrics_store().fold_dead_processes()
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
     """Fold the exited worker's counts into the archive files (app.metrics_store), so none are lost."""
-    from app import metrics_store
-
-    metrics_store.fold_dead_process(worker.pid)
+    _metrics_store().fold_dead_process(worker.pid)
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup
 
+from . import metrics
 from .backfill import BACKFILL_LABELS, DEFAULT_PAGE_SIZE, DRY_RUN_NAMES, PageRun, RunStopped, user_count
 from .clerk import current_clerk
 from .clerk.api import MAX_PAGE_SIZE, ClerkAPI, ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
@@ -296,5 +297,6 @@ def sync_user(user_id: str, max_retries: int, retry_delay: float, max_wait: floa
         result = call_with_retries(lambda: sync_user_with_database(user, get_db()), policy, f"user {user_id}")
     except UNAVAILABLE_ERRORS as exc:
         fail(f"{describe_error(exc)}; nothing written. Try again later.")
+    metrics.user_synced("backfill", result.outcome)
     reason = f" ({result.reason})" if result.reason else ""
     click.echo(f"{user.id}: {result.outcome.value}{reason}")

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             summary.add(round_no, result)
             report.print_run(result, round_no)
 
-        for round_no in range(1, args.rounds + 1):
+        for round_no in range(1, args.rounds + 1 if args.phases else 1):
             print(f"\nround {round_no}, load average {loadavg()}", flush=True)
             order = servers if round_no % 2 else servers[::-1]
             logins = {

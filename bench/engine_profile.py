@@ -129,7 +129,7 @@ def run_engine_profile(db_url: str, k: int, tmp: Path) -> dict[str, float]:
     devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
     for handler in logging.getLogger("app").handlers:
         if isinstance(handler, logging.StreamHandler):
-            handler.setStream(devnull)  # keep formatting the log lines (a real cost), drop the output
+            handler.stream = devnull  # keep formatting the log lines (a real cost), drop the output
     client = app.test_client()
 
     def post_all(requests: list[Req]) -> None:

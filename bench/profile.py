@@ -159,7 +159,7 @@ def run_profile(db_url: str, server_url: str, k: int, tmp: Path, meter: CpuMeter
     devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
     for handler in logging.getLogger("app").handlers:
         if isinstance(handler, logging.StreamHandler):
-            handler.setStream(devnull)  # keep formatting the log lines (a real cost), drop the output
+            handler.stream = devnull  # keep formatting the log lines (a real cost), drop the output
     engine_url = prisma_client._engine.url
     engine_pid = prisma_client._engine.process.pid
     test_client = app.test_client()
@@ -193,7 +193,7 @@ def run_profile(db_url: str, server_url: str, k: int, tmp: Path, meter: CpuMeter
 
         timers = StageTimers()
         timers.wrap(svix.webhooks.Webhook, "verify", "verify")
-        timers.wrap(QueryBuilder, "build", "build")
+        timers.wrap(QueryBuilder, "build_query", "build")
         timers.wrap(prisma.engine._http.SyncHTTPEngine, "request", "engine", _engine_operation)
         timers.wrap(transport.EngineResponse, "json", "engine_json")
         timers.wrap(prisma.actions, "model_parse", "model_parse")
@@ -353,7 +353,7 @@ def _print_split(
     routes = ", ".join(f"{route} x{v['calls'] / k:.2f}" for route, v in sorted(node["requests"].items()))
     print(f"Engine round trips per webhook: {calls.get('engine', 0) / k:.2f} ({routes})")
     print(
-        f"  per webhook: {calls.get('build', 0) / k:.2f} QueryBuilder.build, "
+        f"  per webhook: {calls.get('build', 0) / k:.2f} QueryBuilder.build_query, "
         f"{calls.get('model_parse', 0) / k:.2f} model_parse, {node['pg']['calls'] / k:.2f} SQL statements, "
         f"{calls.get('tx_copy', 0) / k:.2f} Prisma._copy"
     )
@@ -386,7 +386,7 @@ def _print_split(
     rows = [
         ("HTTP client<->gunicorn (e2e no-op - in-process no-op)", http, 0),
         ("Signature check (svix Webhook.verify)", verify, 0),
-        (f"Prisma query building (QueryBuilder.build x{calls.get('build', 0) / k:.0f})", build, 0),
+        (f"Prisma query building (QueryBuilder.build_query x{calls.get('build', 0) / k:.0f})", build, 0),
         (f"Pydantic model parsing (model_parse x{calls.get('model_parse', 0) / k:.0f})", parse, 0),
         ("Prisma tx client copy (Prisma._copy in db.tx)", tx_copy, 0),
         (
@@ -394,7 +394,7 @@ def _print_split(
             engine,
             0,
         ),
-        ("Python<->Node HTTP (httpx, sockets; request - Node server time)", py_node_http, 1),
+        ("Python<->Node HTTP (transport, sockets; request - Node server time)", py_node_http, 1),
         ("  incl. JSON decoding of the answers in Python", engine_json, 2),
         ("Node: GraphQL<->JSON translation (translate.mjs, timed on the same queries)", translate_ms, 1),
         ("Node: HTTP server, JSON, glue (server time - wasm - translation)", node_other, 1),
@@ -434,10 +434,10 @@ CPROFILE_FUNCTIONS = [
     ("whole loop (test_client.post x k)", "werkzeug/test.py", "open"),
     ("flask full_dispatch_request", "flask/app.py", "full_dispatch_request"),
     ("svix Webhook.verify", "svix/webhooks.py", "verify"),
-    ("prisma QueryBuilder.build", "prisma/_builder.py", "build"),
+    ("prisma QueryBuilder.build_query", "prisma/_builder.py", "build_query"),
     ("prisma SyncHTTPEngine.request (engine round trip)", "prisma/engine/_http.py", "request"),
-    ("  httpx Client.send", "httpx/_client.py", "send"),
-    ("  engine response JSON decode", "prisma/_sync_http.py", "json"),
+    ("  engine transport (prisma_engines/transport.py)", "prisma_engines/transport.py", "request"),
+    ("  engine response JSON decode", "prisma_engines/transport.py", "json"),
     ("pydantic model_parse", "prisma/_compat.py", "model_parse"),
     ("Prisma._copy (per transaction)", "prisma/_base_client.py", "_copy"),
     ("logging callHandlers", "logging/__init__.py", "callHandlers"),

@@ -1,7 +1,7 @@
 """Server options side by side: throughput, and what 50 slow clients do to everyone else.
 
-    .venv/bin/python bench/servers.py                      # every option, one round
-    .venv/bin/python bench/servers.py --rounds 2 --only gevent,gthread
+    source scripts/setup.sh && python bench/servers.py     # every option, one round
+    python bench/servers.py --rounds 2 --only gevent,gthread
 
 It is a benchmark, not a test: it prints figures. Each option serves the same app on
 the same database and FakeClerk, one after another (interleaved over --rounds):
@@ -21,6 +21,8 @@ Options (the app itself is the same in all):
   nginx    nginx (Debian's, request buffering on) in front of gthread
   granian  granian --interface wsgi, 2 workers x 4 blocking threads
   waitress waitress, one process, 8 threads
+Only gunicorn and gevent are project dependencies: an option whose server is not
+installed (`pip install granian waitress`, `apt-get install nginx-light`) is skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -49,8 +52,9 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from prisma_engines import localdb, migrations  # noqa: E402
+from tests.attacks import SlowKind, healthz, raw_request, read_answer, under_slow_clients, user_webhook  # noqa: E402
 from tests.conftest import WEBHOOK_SECRET, sign_webhook  # noqa: E402
-from tests.fakeclerk import FakeClerk, build_clerk_user  # noqa: E402
+from tests.fakeclerk import FakeClerk  # noqa: E402
 from tests.served import free_port  # noqa: E402
 
 OPTIONS = ("gevent", "gthread", "nginx", "granian", "waitress")
@@ -94,6 +98,10 @@ class Server:
     url: str
     port: int
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
 
 
 def _wait_up(url: str, processes: list[subprocess.Popen[bytes]], log: Path) -> None:
@@ -160,42 +168,9 @@ def serve(option: str, env: dict[str, str], tmp: Path) -> Iterator[Server]:
                     process.wait()
 
 
-# --- requests as bytes --------------------------------------------------------------------------
-
-
-def raw_request(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def healthz() -> bytes:
-    return raw_request("GET", "/healthz")
-
-
 def noop_webhook() -> bytes:
     body = json.dumps({"type": ""})
     return raw_request("POST", "/webhooks/clerk", body.encode(), sign_webhook(body))
-
-
-def user_webhook() -> bytes:
-    user = build_clerk_user(f"user_{uuid.uuid4().hex[:24]}")
-    body = json.dumps({"type": "user.created", "object": "event", "data": user})
-    return raw_request("POST", "/webhooks/clerk", body.encode(), sign_webhook(body))
-
-
-async def read_response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return status
 
 
 # --- throughput ---------------------------------------------------------------------------------
@@ -216,7 +191,7 @@ async def _throughput(port: int, requests: list[bytes], clients: int, seconds: f
                 started = time.perf_counter()
                 writer.write(request)
                 try:
-                    status = await asyncio.wait_for(read_response(reader), 30)
+                    status = (await asyncio.wait_for(read_answer(reader), 30)).status
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
                     statuses[type(exc).__name__] += 1
                     writer.close()
@@ -238,82 +213,60 @@ async def _throughput(port: int, requests: list[bytes], clients: int, seconds: f
     }
 
 
-def throughput(port: int, kind: str, clients: int, seconds: float) -> dict[str, object]:
+def _tree_cpu(roots: list[int]) -> float:
+    """CPU seconds used so far by `roots` and all their descendants (workers, engines)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+                cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, frontier = set(roots), list(roots)
+    while frontier:
+        pid = frontier.pop()
+        children = [child for child, parent in parents.items() if parent == pid]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def throughput(port: int, kind: str, clients: int, seconds: float, roots: list[int]) -> dict[str, object]:
     make = {"healthz": healthz, "noop": noop_webhook, "webhook": user_webhook}[kind]
     # Enough prepared requests that the phase ends by time, not by running out.
     budget = {"healthz": 1500, "noop": 1500, "webhook": 400}[kind]
     requests = [make() for _ in range(int(budget * seconds))]
     warm = [make() for _ in range(clients * 5)]
     asyncio.run(_throughput(port, warm, clients, 30))
-    return asyncio.run(_throughput(port, requests, clients, seconds))
+    cpu = _tree_cpu(roots)
+    result = asyncio.run(_throughput(port, requests, clients, seconds))
+    done = sum(n for status, n in result["statuses"].items() if isinstance(status, int))  # type: ignore[attr-defined]
+    # CPU per request doesn't depend on the share of a busy machine each server got.
+    result["cpu_ms"] = (_tree_cpu(roots) - cpu) * 1000 / max(done, 1)
+    return result
 
 
 # --- slow clients -------------------------------------------------------------------------------
 
 
-async def _slow_client(port: int, kind: str, until: float, alive: list[int]) -> None:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return
-    alive[0] += 1
-    try:
-        if kind == "header":
-            writer.write(b"POST /webhooks/clerk HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            trickle = b"X-Slow: " + b"a" * 10_000
-        else:
-            writer.write(raw_request("POST", "/webhooks/clerk", b"", {"Content-Length": "10000"})[:-2])
-            writer.write(b"\r\n")
-            trickle = b"{" + b" " * 9_999
-        for byte in trickle:
-            if time.monotonic() > until or reader.at_eof():
-                break
-            writer.write(bytes([byte]))
-            await writer.drain()
-            await asyncio.sleep(1)
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        alive[0] -= 1
-        writer.close()
+def slow(port: int, kind: SlowKind, n: int, seconds: float) -> dict[str, object]:
+    results, stats = asyncio.run(under_slow_clients(port, kind, n, seconds))
+    failed = [r for r in results if not (isinstance(r[0], int) and 200 <= r[0] < 300 and r[1] <= 1.0)]
+    return {"tried": len(results), "failed": len(failed), "cut_off": stats.cut_off}
 
 
-async def _probe(port: int, request: bytes) -> bool:
-    try:
-        async with asyncio.timeout(1.0):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(request)
-                status = await read_response(reader)
-            finally:
-                writer.close()
-    except (TimeoutError, OSError, asyncio.IncompleteReadError):
-        return False
-    return 200 <= status < 300
-
-
-async def _slow_run(port: int, kind: str, n: int, seconds: float) -> dict[str, object]:
-    until = time.monotonic() + seconds
-    alive = [0]
-    slow = [asyncio.create_task(_slow_client(port, kind, until, alive)) for _ in range(n)]
-    await asyncio.sleep(1)
-    tried = failed = 0
-    i = 0
-    while time.monotonic() < until:
-        request = healthz() if i % 2 == 0 else user_webhook()
-        i += 1
-        tried += 1
-        failed += not await _probe(port, request)
-        await asyncio.sleep(0.5)
-    open_at_end = alive[0]
-    for task in slow:
-        task.cancel()
-    await asyncio.gather(*slow, return_exceptions=True)
-    return {"tried": tried, "failed": failed, "slow_open_at_end": open_at_end}
-
-
-def slow(port: int, kind: str, n: int, seconds: float) -> dict[str, object]:
-    return asyncio.run(_slow_run(port, kind, n, seconds))
+def _installed(option: str) -> bool:
+    found = (
+        bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists())
+        if option == "nginx"
+        else importlib.util.find_spec(option) is not None
+        if option in ("granian", "waitress")
+        else True
+    )
+    if not found:
+        print(f"{option}: not installed, skipped", file=sys.stderr)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--slow-seconds", type=float, default=15)
     args = parser.parse_args(argv)
-    options = args.only.split(",")
+    options = [option for option in args.only.split(",") if _installed(option)]
 
     server_url = os.environ.get("TEST_POSTGRES_URL") or localdb.server_url()
     name = f"clerk_sync_servers_{uuid.uuid4().hex[:10]}"
@@ -348,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                     with serve(option, env, Path(tmp_dir)) as server:
                         row: dict[str, object] = {"load": os.getloadavg()[0]}
                         for kind in ("healthz", "noop", "webhook"):
-                            row[kind] = throughput(server.port, kind, args.clients, args.seconds)
-                        for kind in ("header", "body"):
-                            row[f"slow_{kind}"] = slow(server.port, kind, 50, args.slow_seconds)
+                            row[kind] = throughput(server.port, kind, args.clients, args.seconds, server.pids)
+                        for slow_kind in ("header", "body"):
+                            row[f"slow_{slow_kind}"] = slow(server.port, slow_kind, 50, args.slow_seconds)
                         results[option].append(row)
                         print(option, json.dumps(row), flush=True)
     finally:
@@ -359,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     base = results.get("gthread") or results[options[0]]
     print(
         "\n| server | /healthz req/s | no-op webhook req/s | webhook req/s (p99 ms) | vs gthread "
-        "(healthz / no-op / webhook) | slow-header probes failed | slow-body probes failed |"
+        "(healthz / no-op / webhook) | server CPU ms per request (healthz / no-op / webhook) "
+        "| slow-header probes failed | slow-body probes failed |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for option in options:
         for i, row in enumerate(results[option]):
             ref = base[i]
@@ -374,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {option} | {h['rps']:.0f} | {n['rps']:.0f} | {w['rps']:.0f} ({w['p99']:.0f}) | "  # type: ignore[index]
                 f"{r('healthz'):.2f} / {r('noop'):.2f} / {r('webhook'):.2f} | "
+                f"{h['cpu_ms']:.1f} / {n['cpu_ms']:.1f} / {w['cpu_ms']:.1f} | "  # type: ignore[index]
                 f"{sh['failed']} of {sh['tried']} | {sb['failed']} of {sb['tried']} |"  # type: ignore[index]
             )
     return 0

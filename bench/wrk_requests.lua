@@ -1,11 +1,12 @@
 -- wrk script for bench/load.py: replays pre-signed raw requests, each once.
 -- Arguments (after --): a Lua file returning the list of raw requests, and their count.
--- When the list is used up, connections send `GET /__wrk_done` (404, cheap, not counted)
--- until every counted response is in; then wrk stops. `done` prints one JSON line.
+-- When the list is used up, a connection waits (delay) instead of sending, until every
+-- counted response is in; then wrk stops. `done` prints one JSON line.
 
 local requests, total, next_index = nil, 0, 1
 -- Globals, so that `done` can read them from each thread with thread:get.
 counted, statuses = 0, {}
+-- Returned only for wrk's discarded first call (see request()); never sent.
 local DONE_REQUEST = "GET /__wrk_done HTTP/1.1\r\nHost: bench\r\n\r\n"
 local threads = {}
 
@@ -21,6 +22,13 @@ end
 -- wrk calls request() once per thread right after init and throws that one away
 -- (it checks whether the request is static): that call must not use up a request.
 local primed = false
+
+function delay()
+  if requests ~= nil and next_index > #requests then
+    return 600000 -- used up: send nothing more; bench/load.py stops wrk once all are answered
+  end
+  return 0
+end
 
 function request()
   if not primed then

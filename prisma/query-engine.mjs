@@ -37,7 +37,13 @@ try {
   process.stderr.write(`${JSON.stringify({ level: 'error', message: `query engine failed to start: ${error.message}` })}\n`);
   process.exit(1);
 }
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => server.shutdown());
+// Prisma Client Python stops its engine with SIGINT. A SIGTERM comes from outside, and
+// when it is sent to a whole process group or cgroup (systemd's KillMode=control-group)
+// it reaches the worker too, which still has requests to drain through this engine.
+// So keep serving: the worker stops us with SIGINT once drained, the parent watch below
+// stops us if it dies, and a minute later we stop regardless.
+process.on('SIGINT', () => server.shutdown());
+process.on('SIGTERM', () => setTimeout(() => server.shutdown(), 60_000));
 
 // Exit with the process that started us: an engine must not outlive its client.
 const parent = process.ppid;

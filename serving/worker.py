@@ -23,13 +23,18 @@ import io
 import json
 import os
 import socket
+import time
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
 import gevent
 from gevent.lock import BoundedSemaphore
+from gevent.pool import Pool
+from gevent.server import StreamServer
 from gunicorn.http import errors as http_errors
 from gunicorn.http.body import LengthReader
+from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker
 
 LOGIN_PATH = "/after-login"
@@ -72,8 +77,46 @@ class BufferingWorker(GeventWorker):
         self.body_timeout = _env_number("REQUEST_BODY_TIMEOUT", 10.0)
         self.max_body = int(_env_number("REQUEST_MAX_BYTES", 1024 * 1024))
         self.app_slots = BoundedSemaphore(int(_env_number("APP_CONCURRENCY", 4)))
-        self.login_slots = BoundedSemaphore(int(_env_number("LOGIN_CONCURRENCY", 16)))
+        self.login_slots = BoundedSemaphore(int(_env_number("LOGIN_CONCURRENCY", 8)))
+        self.servers: list[StreamServer] = []
         super().init_process()
+
+    def run(self) -> None:
+        """gunicorn's GeventWorker.run, keeping its servers so that a worker told to stop
+        (max_requests reached) stops accepting at once, not at the next 1 s check."""
+        # gevent prints a greenlet's uncaught error as plain text; log it as JSON instead.
+        gevent.get_hub().print_exception = self._log_greenlet_error
+        ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+        for listener in self.sockets:
+            listener.setblocking(1)
+            pool = Pool(self.worker_connections)
+            server = StreamServer(listener, handle=partial(self.handle, listener), spawn=pool, **ssl_args)
+            if self.cfg.workers > 1:
+                server.max_accept = 1
+            server.start()
+            self.servers.append(server)
+        while self.alive:
+            self.notify()
+            gevent.sleep(1.0)
+        self._stop_accepting()
+        started = time.monotonic()  # drain the connections in flight, within graceful_timeout
+        while time.monotonic() - started <= self.cfg.graceful_timeout:
+            if all(server.pool.free_count() == server.pool.size for server in self.servers):
+                return
+            self.notify()
+            gevent.sleep(0.2)
+        self.log.warning("worker graceful timeout (pid:%s)", self.pid)
+        for server in self.servers:
+            server.stop(timeout=1)
+
+    def _stop_accepting(self) -> None:
+        for server in self.servers:
+            if not server.closed:
+                server.close()
+
+    def _log_greenlet_error(self, context: Any, kind: Any, value: Any, tb: Any) -> None:
+        name = getattr(kind, "__name__", kind)
+        self.log.error("uncaught error in a greenlet: %s", name, exc_info=(kind, value, tb))
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         try:
@@ -88,6 +131,8 @@ class BufferingWorker(GeventWorker):
             return super().handle_request(listener_name, req, sock, addr)
         finally:
             slots.release()
+            if not self.alive:
+                self._stop_accepting()
 
     def _read_body(self, req: Any, sock: Any) -> bytes:
         reader = req.body.reader
@@ -129,10 +174,12 @@ class BufferingWorker(GeventWorker):
         else:
             # The type only: a parse error's text quotes the request, which may carry a token.
             message = f"The request is malformed ({type(exc).__name__})."
-        self._refuse(req, client, Refused(status, code, message))
+        self._refuse(req, client, Refused(status, code, message), error=type(exc).__name__)
 
-    def _refuse(self, req: Any, sock: Any, refused: Refused) -> None:
-        fields = {"event": "refused", "status": refused.status, "code": refused.code}
+    def _refuse(self, req: Any, sock: Any, refused: Refused, error: str | None = None) -> None:
+        fields: dict[str, Any] = {"event": "refused", "status": refused.status, "code": refused.code}
+        if error:
+            fields["error"] = error
         if req is not None:
             fields.update(method=req.method, path=req.path)
         self.log.warning("refused: %s %s", refused.status, refused.code, extra={"fields": fields})

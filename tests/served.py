@@ -29,6 +29,10 @@ class Served:
     url: str
     log_path: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
 
 @contextlib.contextmanager
 def gunicorn_server(
@@ -36,7 +40,8 @@ def gunicorn_server(
 ) -> Iterator[Served]:
     """gunicorn on a free loopback port, once /healthz answers 200; stopped with SIGTERM on exit.
 
-    stdout and stderr go to `log_path`. A test may stop the server itself first.
+    stdout and stderr go to `log_path`. A test may stop the server itself first. gunicorn
+    leads its own process group, as under a service manager, so a test may signal the group.
     """
     port = free_port()
     env = {**env, "PORT": str(port), "HOST": "127.0.0.1"}
@@ -48,6 +53,7 @@ def gunicorn_server(
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     served = Served(process, f"http://127.0.0.1:{port}", log_path)
     try:

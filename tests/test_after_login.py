@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -34,6 +36,7 @@ from prisma_engines import localdb
 from tests.concurrency import run_at_once
 from tests.conftest import FRONTEND_ORIGIN
 from tests.fakeclerk import ISSUER, FakeClerk, build_clerk_user
+from tests.served import gunicorn_server
 
 BASE_VERSION = 1_700_000_000_123
 OUTCOME_HEADER = "X-Clerk-Sync-Outcome"
@@ -685,3 +688,37 @@ def test_arbitrary_credentials_are_refused_with_401_never_500(
     assert response.status_code == 401, response.text
     assert response.json()["error"]["code"].startswith("token_")
     assert row_count(db) == 0
+
+
+def test_production_server_cuts_a_trickling_clerk_at_clerk_timeout(
+    own_clerk: FakeClerk, db: Prisma, app_database_url: str, tmp_path: Path
+) -> None:
+    """The same deadline under gunicorn's gevent workers (greenlets, patched sockets), 3 logins at once."""
+    ids = [new_clerk_id() for _ in range(4)]
+    for clerk_id in ids:
+        add_user(own_clerk, clerk_id)
+    env = {
+        **os.environ,
+        "DATABASE_URL": app_database_url,
+        "CLERK_API_URL": own_clerk.url,
+        "CLERK_SECRET_KEY": own_clerk.secret_key,
+        "CLERK_AUTHORIZED_PARTIES": FRONTEND_ORIGIN,
+        "CLERK_TIMEOUT": "2",
+        "WEB_CONCURRENCY": "1",
+    }
+    with gunicorn_server(env, tmp_path / "server.log", startup_timeout=90) as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert post_after_login(client, own_clerk.mint_token(ids[0])).status_code == 200  # JWKS cached
+        own_clerk.trickle(0.3, on="users")
+
+        def login(clerk_id: str) -> tuple[int, float]:
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                started = time.monotonic()
+                response = post_after_login(client, own_clerk.mint_token(clerk_id))
+                return response.status_code, time.monotonic() - started
+
+        results = run_at_once([functools.partial(login, clerk_id) for clerk_id in ids[1:]])
+
+    assert [status for status, _ in results] == [503] * 3
+    assert max(took for _, took in results) < 2 + 3, results
+    assert row_count(db) == 1

@@ -180,3 +180,13 @@ def test_serve_stops_at_a_bad_signing_secret(database_factory: Callable[[str], s
     assert_one_clear_line(
         result.stdout + result.stderr, "CLERK_WEBHOOK_SIGNING_SECRET must start with whsec_"
     )
+
+
+def test_gunicorn_started_directly_stops_in_one_line(tmp_path: Path) -> None:
+    """Outside scripts/serve (README, "Production server"): the master stops before any worker boots."""
+    env = clean_env(DATABASE_URL=f"mysql://root:{PASSWORD}@db/app", PORT="0")
+    result = run([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"], env, cwd=ROOT)
+
+    assert result.returncode == 4, result.stderr
+    assert_one_clear_line(result.stderr, "configuration error: DATABASE_URL must be a postgresql:// URL")
+    assert "Booting worker" not in result.stderr

@@ -8,6 +8,7 @@ schema engine) against the local PostgreSQL, about 1-2 s each.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -275,3 +276,20 @@ def test_schema_commands_use_direct_url(new_db: Callable[[], str]) -> None:
     assert _history(url) == [(name, True, False) for name in INIT]
     without = run_prisma(["migrate", "status"], database_url=dead, check=False)
     assert without.returncode != 0 and "Can't reach database nowhere at 127.0.0.1:1" in without.stderr
+
+
+def test_an_explicit_shadow_database_is_emptied_on_every_use(new_db: Callable[[], str]) -> None:
+    """SHADOW_DATABASE_URL: whatever a previous use (or anyone) left there is dropped first."""
+    shadow, url = new_db(), new_db()
+    with psycopg.connect(shadow, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "User" (leftover INT); CREATE SCHEMA other; CREATE TABLE other.x (a INT)')
+    args = ["migrate", "diff", "--from-migrations", str(MIGRATIONS_DIR), "--to-schema-datamodel", str(SCHEMA)]
+    env = {**os.environ, "SHADOW_DATABASE_URL": shadow}
+    result = run_prisma([*args, "--exit-code"], database_url=url, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(shadow) as conn:
+        schemas = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'other'").fetchall()
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'User'"
+        ).fetchall()
+    assert schemas == [] and ("clerkId",) in columns and ("leftover",) not in columns

@@ -127,6 +127,7 @@ def test_no_engine_listening_is_a_connect_error() -> None:
 
 
 def test_a_prisma_client_works_through_it(app_database_url: str) -> None:
+    # The engine refuses requests without the client's token header: they must be forwarded.
     client = Prisma(datasource={"url": app_database_url}, http=auth.http_options(timeout=7.0))
     client.connect()
     try:

@@ -9,7 +9,7 @@ so a call, or a group of calls (one login), ends by its deadline.
     with deadline(5.0):
         api.get_user(user_id)  # raises ClerkUnavailable after 5 s in all
 
-The deadline is a context variable, so each thread (each request) has its own.
+The deadline is a context variable, so each thread or greenlet (each request) has its own.
 """
 
 from __future__ import annotations

@@ -200,6 +200,10 @@ def _process(db: Prisma, msg_id: str, event_type: str, write: UserWrite | None) 
     primary key and the whole batch rolls back. An event the stored row makes
     stale (or a tombstone refuses) is refused by the record's judgement, rolls
     back, and is then recorded as such under the lock, writing nothing.
+
+    A redelivery of an applied event is refused by the judgement too (PostgreSQL
+    checks NOT NULL before the primary key), so a refusal looks for the record
+    first: a duplicate then costs two round trips, not a transaction.
     """
     try:
         if write is None:
@@ -208,6 +212,9 @@ def _process(db: Prisma, msg_id: str, event_type: str, write: UserWrite | None) 
         try:
             return "processed", _record_and_write(db, msg_id, event_type, write)
         except GuardRefused:
+            seen = db.webhookdelivery.find_unique(where={"svixId": msg_id})
+            if seen is not None:
+                return "duplicate", seen.outcome
             with transaction(db) as tx:
                 decided = write.plan(tx)
                 outcome = decided.outcome.value

@@ -128,13 +128,16 @@ export function createPool(config, log = () => {}) {
   let uncap;
   const noSlotLeft = () => {
     // The database has no slot for another connection (its own limit, or the role's): share the
-    // connections this pool has, in pg-pool's queue, and try growing again later.
-    pool.options.max = Math.max(1, pool.totalCount);
+    // connections this pool has, in pg-pool's queue, and try growing again later. (`_clients`
+    // also holds connections still being opened; `_connected` marks the open ones. pg is pinned.)
+    const open = pool._clients.filter((client) => client._connected && !client._ending).length;
+    pool.options.max = Math.max(1, open);
     clearTimeout(uncap);
     uncap = setTimeout(() => {
       pool.options.max = configuredMax;
     }, 30_000);
     uncap.unref();
+    return open;
   };
   pool.connect = (callback) => {
     const result = connectPatiently(connect, poolTimeoutMillis, noSlotLeft);
@@ -159,8 +162,8 @@ async function connectPatiently(connect, boundMillis, noSlotLeft) {
       return await connect();
     } catch (error) {
       if (!RETRY_CONNECT_CODES.has(error?.code) || Date.now() + delay > deadline) throw error;
-      noSlotLeft();
-      await new Promise((resolve) => setTimeout(resolve, delay));
+      // With connections of its own, the pool is now full: queue for one of them at once.
+      if (noSlotLeft() === 0) await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }
 }

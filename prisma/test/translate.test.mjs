@@ -171,3 +171,15 @@ test('lets only engine-shaped transaction ids through (shorter ones make the eng
     assert.ok(!isTransactionIdShape(id), String(id));
   }
 });
+
+test('stringify writes BigInt literals bare wherever they are, and leaves look-alike strings alone', () => {
+  const value = { a: [new BigIntLiteral('-9223372036854775808'), { b: new BigIntLiteral('12') }], s: 'bigint-:12', n: null };
+  assert.equal(stringify(value), '{"a":[-9223372036854775808,{"b":12}],"s":"bigint-:12","n":null}');
+  assert.equal(stringify({ u: undefined, x: 'q"\u0001' }), '{"x":"q\\"\\u0001"}');
+});
+
+test('string literals: escapes decoded, raw control characters refused', () => {
+  const doc = parseDocument('query { result: findManyAuthor(where: { email: "plain", name: "t\\u0041b\\n" }) { id } }');
+  assert.deepEqual(doc.fields[0].args.where, { email: 'plain', name: 'tAb\n' });
+  assert.throws(() => parseDocument('query { result: findManyAuthor(where: { email: "a\u0001b" }) { id } }'), GraphQLSyntaxError);
+});
