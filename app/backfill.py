@@ -67,8 +67,6 @@ class PageRun:
     """Dry run only: versions a real run would have written so far, so a user listed twice counts alike."""
     relabel: Mapping[str, str] = field(default_factory=dict)
     """Tally labels to count under another name (reconcile's own summary)."""
-    source: str = "backfill"
-    """Who runs the pages, for the metrics (`clerk_sync_user_syncs_total`)."""
     consecutive_db_failures: int = 0
 
     def run(self) -> None:
@@ -145,7 +143,6 @@ class PageRun:
                 raise
             return labels
         self.consecutive_db_failures = 0
-        metrics.users_synced(self.source, outcomes)
         return [OUTCOME_LABELS[outcome] for outcome in outcomes]
 
     def store_one(self, user: ClerkUser) -> str:
@@ -165,7 +162,6 @@ class PageRun:
                 ) from None
             return FAILED
         self.consecutive_db_failures = 0
-        metrics.user_synced(self.source, outcome)
         return OUTCOME_LABELS[outcome]
 
 

@@ -15,7 +15,7 @@ import atexit
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -163,12 +163,6 @@ def user_synced(source: str, outcome: str) -> None:
     """One user snapshot or deletion stored (or judged unchanged) by `source`."""
     if _enabled:
         USER_SYNCS.labels(source if source in SOURCES else OTHER, _outcome(outcome)).inc()
-
-
-def users_synced(source: str, outcomes: Iterable[str]) -> None:
-    """`user_synced` for each outcome of a page."""
-    for outcome in outcomes:
-        user_synced(source, outcome)
 
 
 def webhook_applied(event_type: str, status: str, outcome: str) -> None:
