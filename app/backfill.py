@@ -38,6 +38,9 @@ OUTCOME_LABELS = {
     SyncOutcome.IGNORED_DELETED: "deleted-skipped",
 }
 
+# Tally labels as the metrics' `outcome` label spells them; failures are not syncs.
+METRIC_OUTCOMES = {label: outcome.value for outcome, label in OUTCOME_LABELS.items()}
+
 Listed = tuple[str | None, str]
 """A listed user's Clerk id (None if the listing did not even give one) and its tally label."""
 
@@ -65,6 +68,8 @@ class PageRun:
     """Told every page's users and their labels, after the page is stored."""
     planned: dict[str, datetime] = field(default_factory=dict)
     """Dry run only: versions a real run would have written so far, so a user listed twice counts alike."""
+    source: str = "backfill"
+    """The metrics' `source` label for what this run stores."""
     relabel: Mapping[str, str] = field(default_factory=dict)
     """Tally labels to count under another name (reconcile's own summary)."""
     consecutive_db_failures: int = 0
@@ -79,6 +84,8 @@ class PageRun:
             listed = self.store_page(page)
             for _, label in listed:
                 self.tally.add(self.relabel.get(label, label))
+                if not self.dry_run and label in METRIC_OUTCOMES:
+                    metrics.user_synced(self.source, METRIC_OUTCOMES[label])
             if self.on_page is not None:
                 self.on_page(listed)
             if page or not self.offset:  # an empty last page adds nothing to show
