@@ -7,6 +7,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
@@ -42,6 +43,23 @@ def database_factory(postgres_server: str) -> Iterator[Callable[[str], str]]:
         name = f"{prefix}_{uuid.uuid4().hex[:10]}"
         localdb.create_database(postgres_server, name)
         created.append(name)
+        return localdb.database_url(postgres_server, name)
+
+    yield create
+    for name in created:
+        localdb.drop_database(postgres_server, name)
+
+
+@pytest.fixture
+def new_db(postgres_server: str, request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """Databases for one test, named after its module, dropped after it whether it passed or not."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"{module}_{uuid.uuid4().hex[:12]}"
+        created.append(name)
+        localdb.create_database(postgres_server, name)
         return localdb.database_url(postgres_server, name)
 
     yield create
@@ -91,12 +109,22 @@ def app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture(scope="session")
 def live_server(app: Flask) -> Iterator[str]:
     """The app on a real socket, with a thread per request like a threaded production server."""
+    with serve_app(app) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app: Flask) -> Iterator[str]:
+    """`app` on a real socket with a thread per request, like the `live_server` fixture; its URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
 
 
 @pytest.fixture

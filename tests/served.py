@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.fakeclerk import FakeClerk
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +26,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def server_env(
+    app_database_url: str, fake_clerk: FakeClerk, *, exclude: Collection[str] = (), **extra: str
+) -> dict[str, str]:
+    """This process's environment (less the names in `exclude`) with the app pointed at the
+    test database and `fake_clerk`, then `extra` on top."""
+    # Here, not at the top: bench/ imports this module, and tests.conftest brings in pytest and the app.
+    from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET
+
+    return {
+        **{name: setting for name, setting in os.environ.items() if name not in exclude},
+        "DATABASE_URL": app_database_url,
+        "CLERK_API_URL": fake_clerk.url,
+        "CLERK_SECRET_KEY": fake_clerk.secret_key,
+        "CLERK_AUTHORIZED_PARTIES": FRONTEND_ORIGIN,
+        "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
+        **extra,
+    }
 
 
 @dataclass

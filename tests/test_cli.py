@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ FAST_RETRIES = {"CLERK_SYNC_RETRY_DELAY": "0.01"}
 SUMMARY = re.compile(
     r"^(?:Dry run, nothing written\. )?Summary: (?P<counts>.*) \((?P<total>\d+) users\)$", re.M
 )
-LABELS = {"would create": "created", "would update": "updated"}
+# Dry-run labels as real-run ones (`would tombstone`: `flask clerk reconcile`, test_reconcile.py).
+LABELS = {"would create": "created", "would update": "updated", "would tombstone": "tombstoned"}
 # A database nobody listens on, with a password that must never be printed.
 DEAD_DATABASE_URL = "postgresql://postgres:hunter2-db-password@127.0.0.1:1/nowhere"
 
@@ -137,6 +138,38 @@ def subprocess_env(database_url: str, clerk: FakeClerk, **extra: str) -> dict[st
 
 def flask_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "flask", "clerk", *args]
+
+
+def interrupt_flask_command(
+    args: Sequence[str], env: dict[str, str], *, when: Callable[[], bool]
+) -> subprocess.CompletedProcess[str]:
+    """`flask clerk *args` as a subprocess, sent SIGINT (what Ctrl-C sends) once `when()` is true.
+
+    Fails if the command exits first or `when()` stays false for 30 s.
+    """
+    process = subprocess.Popen(
+        flask_command(*args),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell that starts tests in the background ignores SIGINT, and children inherit
+        # that; a terminal's Ctrl-C reaches a process with the default handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not when():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def assert_no_secrets(output: str, clerk: FakeClerk) -> None:
@@ -366,28 +399,12 @@ def test_interrupted_backfill_prints_where_to_resume(
 ) -> None:
     add_users(clerk, 23)
     clerk.delay(1.0, on="users")  # a window to interrupt each page request in
-    process = subprocess.Popen(
-        flask_command("backfill", "--page-size", "10"),
-        cwd=REPO_ROOT,
-        env=subprocess_env(app_database_url, clerk, CLERK_TIMEOUT="10"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A shell that starts tests in the background ignores SIGINT, and children inherit
-        # that; a terminal's Ctrl-C reaches a process with the default handler.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    process = interrupt_flask_command(
+        ["backfill", "--page-size", "10"],
+        subprocess_env(app_database_url, clerk, CLERK_TIMEOUT="10"),
+        when=lambda: ("10", "10") in list_requests(clerk),  # the first page is done
     )
-    try:
-        deadline = time.monotonic() + 30
-        while ("10", "10") not in list_requests(clerk):  # the first page is done
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.01)
-        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    stdout, stderr = process.stdout, process.stderr
 
     assert process.returncode == 130, stdout + stderr
     assert "Interrupted. Resume with: flask clerk backfill --offset 10 --page-size 10" in stderr

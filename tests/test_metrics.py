@@ -24,9 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import metrics, metrics_store
 from app.clerk.api import ClerkAPI, ClerkAPIError
 from app.clerk.tokens import InvalidSessionToken, SessionTokenVerifier
-from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET, sign_webhook
+from tests.conftest import sign_webhook
 from tests.fakeclerk import FakeClerk, build_clerk_user
-from tests.served import ROOT, Served, free_port, gunicorn_server
+from tests.served import ROOT, Served, free_port, gunicorn_server, server_env
 from tests.test_cli import add_users, clerk, clerk_app, invoke
 
 __all__ = ["clerk", "clerk_app"]  # fixtures of test_cli, used by name
@@ -120,18 +120,15 @@ def serve(
     """gunicorn with 3 workers and METRICS_TOKEN set; its temporary files go under tmp_path/tmp."""
     (tmp_path / "tmp").mkdir(parents=True)
     inherited = ("PROMETHEUS_MULTIPROC_DIR", "CLERK_SYNC_METRICS_MASTER", "METRICS_ENABLED", "METRICS_DIR")
-    env = {
-        **{name: setting for name, setting in os.environ.items() if name not in inherited},
-        "DATABASE_URL": app_database_url,
-        "CLERK_API_URL": fake_clerk.url,
-        "CLERK_SECRET_KEY": fake_clerk.secret_key,
-        "CLERK_AUTHORIZED_PARTIES": FRONTEND_ORIGIN,
-        "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
-        "WEB_CONCURRENCY": "3",
-        "METRICS_TOKEN": METRICS_TOKEN,
-        "TMPDIR": str(tmp_path / "tmp"),
+    env = server_env(
+        app_database_url,
+        fake_clerk,
+        exclude=inherited,
+        WEB_CONCURRENCY="3",
+        METRICS_TOKEN=METRICS_TOKEN,
+        TMPDIR=str(tmp_path / "tmp"),
         **extra,
-    }
+    )
     return gunicorn_server(env, tmp_path / "server.log", startup_timeout=90)
 
 

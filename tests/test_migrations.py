@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,23 +27,7 @@ INIT = sorted(path.name for path in MIGRATIONS_DIR.iterdir() if path.is_dir())
 SHADOW_PREFIX = "prisma_migrate_shadow_db_"
 
 
-# --- Fixtures: uniquely named databases, always dropped ----------------------------------------
-
-
-@pytest.fixture
-def new_db(postgres_server: str) -> Iterator[Callable[[], str]]:
-    """Databases for one test, dropped after it whether it passed or not."""
-    created: list[str] = []
-
-    def create() -> str:
-        name = f"test_migrations_{uuid.uuid4().hex[:12]}"
-        created.append(name)
-        localdb.create_database(postgres_server, name)
-        return localdb.database_url(postgres_server, name)
-
-    yield create
-    for name in created:
-        localdb.drop_database(postgres_server, name)
+# --- Fixtures (new_db, uniquely named databases always dropped: conftest.py) -------------------
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,12 +27,11 @@ import httpx
 import psycopg
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import Settings
 from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations
-from tests.conftest import WEBHOOK_SECRET, sign_webhook
+from tests.conftest import WEBHOOK_SECRET, serve_app, sign_webhook
 from tests.fakeclerk import build_clerk_user
 from tests.tcpproxy import TcpProxy
 
@@ -78,18 +76,6 @@ def send(client: httpx.Client, delivery: Delivery) -> int:
         status = 0
     delivery.attempts.append((time.monotonic(), status))
     return status
-
-
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 class IdleInTransactionWatch:
@@ -160,7 +146,7 @@ def test_a_blackholed_database_heals_without_a_restart(
         )
         try:
             with (
-                serve(app) as base,
+                serve_app(app) as base,
                 IdleInTransactionWatch(url, dbname) as watch,
                 ThreadPoolExecutor(max_workers=8) as pool,
             ):

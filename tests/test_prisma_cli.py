@@ -5,32 +5,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from prisma_engines import localdb
 from prisma_engines.migrations import PROJECT_ROOT, SCHEMA, run_prisma
 
 VENV_PRISMA = PROJECT_ROOT / ".venv" / "bin" / "prisma"
-
-
-@pytest.fixture
-def new_db(postgres_server: str) -> Iterator[Callable[[], str]]:
-    created: list[str] = []
-
-    def create() -> str:
-        name = f"test_prisma_cli_{uuid.uuid4().hex[:12]}"
-        created.append(name)
-        localdb.create_database(postgres_server, name)
-        return localdb.database_url(postgres_server, name)
-
-    yield create
-    for name in created:
-        localdb.drop_database(postgres_server, name)
 
 
 def _columns(url: str, table: str) -> set[str]:

@@ -9,7 +9,6 @@ two pages is where offset paging shifts, and where a webhook can overtake the ru
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,36 +18,29 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import Result
 from flask import Flask
 from prisma import Prisma
 from prometheus_client import REGISTRY
-from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import Settings
 from app.sync import delete_user_from_database
-from tests.conftest import WEBHOOK_SECRET, sign_webhook
+from tests.conftest import WEBHOOK_SECRET, serve_app, sign_webhook
 from tests.fakeclerk import FakeClerk, RecordedRequest, build_clerk_user
-from tests.test_cli import add_users, clerk, clerk_app, invoke, make_app, stored_rows
+from tests.test_cli import (
+    add_users,
+    clerk,
+    clerk_app,
+    interrupt_flask_command,
+    invoke,
+    list_requests,
+    make_app,
+    stored_rows,
+    subprocess_env,
+    summary,
+)
 
 __all__ = ["clerk", "clerk_app"]  # fixtures, used by name
-
-SUMMARY = re.compile(
-    r"^(?:Dry run, nothing written\. )?Summary: (?P<counts>.*) \((?P<total>\d+) users\)$", re.M
-)
-DRY_NAMES = {"would create": "created", "would update": "updated", "would tombstone": "tombstoned"}
-
-
-def summary(result: Result) -> dict[str, int]:
-    match = SUMMARY.search(result.stdout)
-    assert match is not None, result.output
-    found = {}
-    for part in match["counts"].split(", "):
-        label, count = part.rsplit(" ", 1)
-        found[DRY_NAMES.get(label, label)] = int(count)
-    assert sum(found.values()) == int(match["total"])
-    return found
 
 
 def counts(
@@ -344,12 +336,8 @@ def webhook_url(clerk: FakeClerk, app_database_url: str) -> Iterator[str]:
         )
     )
     app.extensions["database"].client()  # now, not under the CLI runner's stdout (see test_cli.make_app)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/webhooks/clerk"
-    server.shutdown()
-    thread.join()
+    with serve_app(app) as url:
+        yield f"{url}/webhooks/clerk"
     app.extensions["database"].close()
 
 
@@ -476,33 +464,14 @@ def test_reconcile_as_a_subprocess_can_be_interrupted(
     clerk: FakeClerk, db: Prisma, app_database_url: str
 ) -> None:
     """Ctrl-C: the run stops between writes, prints its summary and exits 130."""
-    import signal
-    import subprocess
-
-    from tests.test_cli import REPO_ROOT, flask_command, list_requests, subprocess_env
-
     add_users(clerk, 23)
     clerk.delay(1.0, on="users")
-    process = subprocess.Popen(
-        flask_command("reconcile", "--page-size", "10"),
-        cwd=REPO_ROOT,
-        env=subprocess_env(app_database_url, clerk, CLERK_TIMEOUT="10"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    process = interrupt_flask_command(
+        ["reconcile", "--page-size", "10"],
+        subprocess_env(app_database_url, clerk, CLERK_TIMEOUT="10"),
+        when=lambda: ("10", "10") in list_requests(clerk),
     )
-    try:
-        deadline = time.monotonic() + 30
-        while ("10", "10") not in list_requests(clerk):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.01)
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    stdout, stderr = process.stdout, process.stderr
 
     assert process.returncode == 130, stdout + stderr
     assert "Interrupted" in stderr

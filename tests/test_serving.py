@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from tests.attacks import read_answer, user_webhook
-from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET, sign_webhook
+from tests.conftest import WEBHOOK_SECRET, sign_webhook
 from tests.fakeclerk import FakeClerk
-from tests.served import Served, gunicorn_server
+from tests.served import Served, gunicorn_server, server_env
 
 
 def _children(pid: int) -> set[int]:
@@ -51,15 +51,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def gunicorn(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> Iterator[Served]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": app_database_url,
-        "CLERK_API_URL": fake_clerk.url,
-        "CLERK_SECRET_KEY": fake_clerk.secret_key,
-        "CLERK_AUTHORIZED_PARTIES": FRONTEND_ORIGIN,
-        "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
-        "WEB_CONCURRENCY": "2",
-    }
+    env = server_env(app_database_url, fake_clerk, WEB_CONCURRENCY="2")
     with gunicorn_server(env, tmp_path / "server.log", startup_timeout=60) as server:
         yield server
 

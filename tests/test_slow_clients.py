@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.attacks import probe, raw_request, under_slow_clients, user_webhook
-from tests.conftest import FRONTEND_ORIGIN, WEBHOOK_SECRET
 from tests.fakeclerk import FakeClerk
-from tests.served import Served, gunicorn_server
+from tests.served import Served, gunicorn_server, server_env
 
 # 40 s in the issue; shorter shows the same: every slow client is cut off at least twice.
 ATTACK_SECONDS = float(os.environ.get("SLOW_ATTACK_SECONDS", "15"))
@@ -27,18 +26,14 @@ WEBHOOK_SECONDS = 15
 
 @pytest.fixture
 def server(app_database_url: str, fake_clerk: FakeClerk, tmp_path: Path) -> Iterator[Served]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": app_database_url,
-        "CLERK_API_URL": fake_clerk.url,
-        "CLERK_SECRET_KEY": fake_clerk.secret_key,
-        "CLERK_AUTHORIZED_PARTIES": FRONTEND_ORIGIN,
-        "CLERK_WEBHOOK_SIGNING_SECRET": WEBHOOK_SECRET,
+    env = server_env(
+        app_database_url,
+        fake_clerk,
         # Longer than the fake's 10 s, so logins really wait on Clerk.
-        "CLERK_TIMEOUT": "15",
-        "REQUEST_BODY_TIMEOUT": str(BODY_TIMEOUT),
-        "WEB_CONCURRENCY": "2",
-    }
+        CLERK_TIMEOUT="15",
+        REQUEST_BODY_TIMEOUT=str(BODY_TIMEOUT),
+        WEB_CONCURRENCY="2",
+    )
     with gunicorn_server(env, tmp_path / "server.log", startup_timeout=60) as served:
         yield served
 

@@ -24,18 +24,16 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
-from flask import Flask
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prisma import Prisma
 from psycopg.rows import dict_row
-from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import Settings
 from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations
-from tests.conftest import WEBHOOK_SECRET, sign_webhook
+from tests.conftest import WEBHOOK_SECRET, serve_app, sign_webhook
 from tests.fakeclerk import build_clerk_user
 from tests.tcpproxy import TcpProxy
 
@@ -834,20 +832,6 @@ def _via_proxy(database_url: str, port: int) -> str:
     )
 
 
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """`app` on a real socket with a thread per request, like the `live_server` fixture."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
 @pytest.fixture
 def outage_db(database_factory: Callable[[str], str]) -> Store:
     url = database_factory("clerk_sync_outage")
@@ -886,7 +870,7 @@ def test_a_database_outage_answers_503_without_partial_writes_and_redelivery_rec
             )
         )
         try:
-            with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            with serve_app(app) as url, httpx.Client(base_url=url, timeout=30) as client:
                 for event in before:
                     assert deliver(client, event).status_code == 200
                 assert proxy.live_connections > 0
