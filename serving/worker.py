@@ -102,6 +102,8 @@ class BufferingWorker(GeventWorker):
         started = time.monotonic()  # drain the connections in flight, within graceful_timeout
         while time.monotonic() - started <= self.cfg.graceful_timeout:
             if all(server.pool.free_count() == server.pool.size for server in self.servers):
+                for server in self.servers:
+                    server.close()
                 return
             self.notify()
             gevent.sleep(0.2)
@@ -110,9 +112,11 @@ class BufferingWorker(GeventWorker):
             server.stop(timeout=1)
 
     def _stop_accepting(self) -> None:
+        # Only the accept watcher: a connection accepted just before still reads the listener's
+        # name (gunicorn's `handle`), and a listener closed under it dropped that connection with
+        # EBADF, a reset the client saw. The listeners close once the drain is over.
         for server in self.servers:
-            if not server.closed:
-                server.close()
+            server.stop_accepting()
 
     def _log_greenlet_error(self, context: Any, kind: Any, value: Any, tb: Any) -> None:
         name = getattr(kind, "__name__", kind)
