@@ -4,6 +4,9 @@
 // Prisma Client Python passes and serves the same HTTP interface.
 
 const ENGINE_COMMIT = '393aa359c9ad4a4bb28630fb5613f9c281cde053';
+// Read before anything is awaited: a parent that dies while we start (a worker killed
+// during boot) would otherwise leave us watching init, and outliving it.
+const parent = process.ppid;
 
 function parseArgs(argv) {
   const options = { port: 4466 };
@@ -46,7 +49,6 @@ process.on('SIGINT', () => server.shutdown());
 process.on('SIGTERM', () => setTimeout(() => server.shutdown(), 60_000));
 
 // Exit with the process that started us: an engine must not outlive its client.
-const parent = process.ppid;
 setInterval(() => {
   if (process.ppid !== parent) server.shutdown();
 }, 1000).unref();
