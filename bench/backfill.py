@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import multiprocessing
 import os
 import statistics
 import sys
@@ -68,6 +67,7 @@ from app.sync import (  # noqa: E402
     sync_user_with_database,
     transaction,
 )
+from bench.services import child_process  # noqa: E402
 from prisma_engines import engines, localdb, migrations  # noqa: E402
 from tests.fakeclerk import FakeClerk  # noqa: E402
 
@@ -112,23 +112,8 @@ def _fake_clerk_main(conn: Any, n_users: int) -> None:
             conn.recv()
 
 
-@contextlib.contextmanager
-def fake_clerk_process(n_users: int) -> Iterator[tuple[dict[str, Any], int]]:
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_fake_clerk_main, args=(child, n_users), daemon=True)
-    process.start()
-    try:
-        if not parent.poll(120):
-            raise RuntimeError("the FakeClerk process did not start")
-        yield parent.recv(), process.pid  # type: ignore[misc]
-    finally:
-        with contextlib.suppress(OSError):
-            parent.send("stop")
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join()
+def fake_clerk_process(n_users: int) -> contextlib.AbstractContextManager[tuple[dict[str, Any], int]]:
+    return child_process(_fake_clerk_main, n_users, start_timeout=120)
 
 
 def process_cpu(pid: int) -> float:

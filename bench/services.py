@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,15 +57,20 @@ def _fake_clerk_main(conn: Any, n_users: int, token_ttl: int) -> None:
 
 
 @contextlib.contextmanager
-def fake_clerk_process(n_users: int, token_ttl: int) -> Iterator[tuple[dict[str, Any], int]]:
-    """A FakeClerk with `n_users` users and a session token for each; yields (info, pid)."""
+def child_process(
+    target: Callable[..., None], *args: Any, start_timeout: float = 300
+) -> Iterator[tuple[dict[str, Any], int]]:
+    """Run `target(conn, *args)` in a spawned process; yields (what it sends first, its pid).
+
+    The target sends one dict when ready, then serves until told "stop" (or the parent is gone).
+    """
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=_fake_clerk_main, args=(child, n_users, token_ttl), daemon=True)
+    process = context.Process(target=target, args=(child, *args), daemon=True)
     process.start()
     try:
-        if not parent.poll(300):
-            raise RuntimeError("the FakeClerk process did not start")
+        if not parent.poll(start_timeout):
+            raise RuntimeError(f"the {target.__name__} process did not start")
         yield parent.recv(), process.pid  # type: ignore[misc]
     finally:
         with contextlib.suppress(OSError):
@@ -74,6 +79,13 @@ def fake_clerk_process(n_users: int, token_ttl: int) -> Iterator[tuple[dict[str,
         if process.is_alive():
             process.kill()
             process.join()
+
+
+def fake_clerk_process(
+    n_users: int, token_ttl: int
+) -> contextlib.AbstractContextManager[tuple[dict[str, Any], int]]:
+    """A FakeClerk with `n_users` users and a session token for each; yields (info, pid)."""
+    return child_process(_fake_clerk_main, n_users, token_ttl)
 
 
 # --- the servers under test -------------------------------------------------------------------
