@@ -37,18 +37,21 @@ def configure_logging() -> None:
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stderr` is now, not the one at start-up (test capture, re-opened logs)."""
+    """Writes to whatever `sys.stderr` is now, not the one at start-up (test capture, re-opened
+    logs), unless a stream is set explicitly (`setStream`, or assigning `stream`)."""
 
     def __init__(self) -> None:
+        self._explicit: Any = None
         super().__init__(sys.stderr)
+        self._explicit = None  # the base class's own assignment above is not a choice
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
-        return sys.stderr
+        return sys.stderr if self._explicit is None else self._explicit
 
     @stream.setter
     def stream(self, value: Any) -> None:
-        pass
+        self._explicit = value
 
 
 def _request_id() -> str:
