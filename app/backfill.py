@@ -20,7 +20,7 @@ from .clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user
 from .db import UNAVAILABLE_ERRORS, get_db
 from .page_sync import predict_page, sync_page
 from .progress import FAILED, Progress, Tally, warn
-from .retries import RetryPolicy, call_with_retries, describe_error
+from .retries import RetryPolicy, call_with_retries, describe_error, may_succeed_later
 from .sync import SyncOutcome, sync_user_with_database
 
 DEFAULT_PAGE_SIZE = 100
@@ -160,6 +160,8 @@ class PageRun:
             )
         except UNAVAILABLE_ERRORS as exc:
             warn(f"failed: user {user.id}: {describe_error(exc)}")
+            if not may_succeed_later(exc):
+                return FAILED  # this user's data, not the database being down
             self.consecutive_db_failures += 1
             if self.consecutive_db_failures >= MAX_CONSECUTIVE_DB_FAILURES:
                 self.tally.add(FAILED)

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from .clerk.api import ClerkAPIError, ClerkUnavailable
 from .db import UNAVAILABLE_ERRORS
+from .db_errors import classify
 from .progress import warn
 
 T = TypeVar("T")
@@ -44,7 +45,7 @@ def call_with_retries(action: Callable[[], T], policy: RetryPolicy, what: str) -
         try:
             return action()
         except TRANSIENT_ERRORS as exc:
-            if retry >= policy.max_retries:
+            if retry >= policy.max_retries or not may_succeed_later(exc):
                 raise
             retry += 1
             wait = policy.wait_before(retry, exc)
@@ -53,8 +54,17 @@ def call_with_retries(action: Callable[[], T], policy: RetryPolicy, what: str) -
             time.sleep(wait)
 
 
+def may_succeed_later(exc: BaseException) -> bool:
+    """Clerk's transient failures, and database failures not shown to be permanent for this input
+    (a constraint or a value the column can't hold fails the same way on every retry)."""
+    return isinstance(exc, ClerkUnavailable) or classify(exc).retryable
+
+
 def describe_error(exc: BaseException) -> str:
     """A printable reason. ClerkAPI's messages are built by us and safe; the database's are not."""
     if isinstance(exc, ClerkAPIError):
         return str(exc)
+    failure = classify(exc)
+    if not failure.retryable:
+        return f"database refused the data ({failure.code})"
     return f"database unavailable ({type(exc).__name__})"

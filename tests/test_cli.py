@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import Result
 from flask import Flask
@@ -348,6 +349,31 @@ def test_invalid_user_counts_as_failed_and_the_run_goes_on(
     assert summary(result) == counts(created=4, failed=1)
     assert f"failed: user {bad}: 'first_name' must be a string" in result.stderr
     assert set(stored_rows(db)) == set(ids)
+
+
+def test_data_the_database_refuses_fails_that_user_without_retries(
+    clerk_app: Flask, clerk: FakeClerk, db: Prisma, app_database_url: str
+) -> None:
+    """A constraint violation fails the same way every time: no retry, no "database down" stop."""
+    ids = add_users(clerk, 2)
+    refused = [clerk.add_user(f"{ids[0]}_no{i}", email=f"refused{i}@example.com")["id"] for i in range(4)]
+    ids += add_users(clerk, 2)
+    with psycopg.connect(app_database_url, autocommit=True) as conn:
+        conn.execute("""ALTER TABLE "User" ADD CONSTRAINT test_refused CHECK (email NOT LIKE 'refused%')""")
+    try:
+        result = invoke(clerk_app, "backfill", "--page-size", "3", "--max-retries", "5")
+    finally:
+        with psycopg.connect(app_database_url, autocommit=True) as conn:
+            conn.execute('ALTER TABLE "User" DROP CONSTRAINT test_refused')
+
+    assert result.exit_code == 1, result.output
+    # Four refusals in a row would stop a run whose database is down; these don't.
+    assert summary(result) == counts(created=4, failed=4)
+    assert set(stored_rows(db)) == set(ids)
+    for user_id in refused:
+        assert f"failed: user {user_id}: database refused the data (23514)" in result.stderr
+    assert "retry" not in result.stderr
+    assert_no_secrets(result.output, clerk)
 
 
 def test_backfill_stops_when_the_database_keeps_failing(
