@@ -18,8 +18,6 @@ and each sample is charged to the innermost frame that belongs to a part:
 from __future__ import annotations
 
 import json
-import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,7 +25,8 @@ from typing import Any
 
 from prisma_engines import engines
 
-from .workload import WEBHOOK_SECRET, Req, user_events
+from .inprocess import app_on_engine
+from .workload import Req, user_events
 
 PARTS = (
     ("node-postgres", ("/node_modules/pg/", "/node_modules/pg-", "/adapter-pg/", "/driver-adapter-utils/")),
@@ -105,50 +104,25 @@ totals_frames: Counter[str] = Counter()
 
 def run_engine_profile(db_url: str, k: int, tmp: Path) -> dict[str, float]:
     """ms of engine CPU per webhook, per part (and "total"); also printed."""
-    from app import create_app
-    from app.config import Settings
-
     profile_dir = tmp / "cpu-prof"
     profile_dir.mkdir(exist_ok=True)
-    previous = os.environ.get("PRISMA_QUERY_ENGINE_BINARY")
-    os.environ["PRISMA_QUERY_ENGINE_BINARY"] = str(_shim(tmp, profile_dir))
-    try:
-        settings = Settings(
-            database_url=db_url,
-            clerk_webhook_signing_secret=WEBHOOK_SECRET,
-            clerk_secret_key="sk_test_unused_by_the_profile",
-        )
-        app = create_app(settings)
-        database = app.extensions["database"]
-        database.client()
-    finally:
-        if previous is None:
-            os.environ.pop("PRISMA_QUERY_ENGINE_BINARY", None)
-        else:
-            os.environ["PRISMA_QUERY_ENGINE_BINARY"] = previous
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    for handler in logging.getLogger("app").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.stream = devnull  # keep formatting the log lines (a real cost), drop the output
-    client = app.test_client()
+    # The engine exits when the block ends, and V8 writes its profile then.
+    with app_on_engine(db_url, _shim(tmp, profile_dir)) as app:
+        client = app.test_client()
 
-    def post_all(requests: list[Req]) -> None:
-        for req in requests:
-            response = client.post(req.path, data=req.content, headers=req.headers)
-            if response.status_code != 200:
-                raise RuntimeError(
-                    f"unexpected {response.status_code}: {response.get_data(as_text=True)[:300]}"
-                )
+        def post_all(requests: list[Req]) -> None:
+            for req in requests:
+                response = client.post(req.path, data=req.content, headers=req.headers)
+                if response.status_code != 200:
+                    raise RuntimeError(
+                        f"unexpected {response.status_code}: {response.get_data(as_text=True)[:300]}"
+                    )
 
-    try:
         post_all(user_events(300))  # V8 and the wasm engine reach full speed after a few hundred queries
         events = user_events(k)
         start = time.monotonic()
         post_all(events)
         end = time.monotonic()
-    finally:
-        database.close()  # the engine exits, and V8 writes its profile
-        devnull.close()
     files = sorted(profile_dir.glob("*.cpuprofile"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise RuntimeError("node --cpu-prof wrote no profile (did the engine exit cleanly?)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import cProfile
 import gc
-import logging
 import math
 import os
 import pstats
@@ -39,8 +38,9 @@ import psycopg
 
 from .ceilings import LOCK_SQL, RECORD_DELIVERY_SQL, UPSERT_USER_SQL, cuid_like
 from .cpu import CpuMeter, proc_table
+from .inprocess import app_on_engine
 from .load import loadavg, percentile
-from .workload import WEBHOOK_SECRET, Req, fake_user_id, noop_requests, user_events
+from .workload import Req, fake_user_id, noop_requests, user_events
 
 ENGINE_TIMING = Path(__file__).with_name("engine_timing.mjs")
 
@@ -137,46 +137,24 @@ def run_profile(db_url: str, server_url: str, k: int, tmp: Path, meter: CpuMeter
         e2e_webhook = _sequential(client, user_events(k))
 
     # 2. In process, with the timed engine.
-    from app import create_app
-    from app.config import Settings
+    with app_on_engine(db_url, _engine_shim(tmp)) as app:
+        prisma_client = app.extensions["database"].client()
+        engine_url = prisma_client._engine.url
+        engine_pid = prisma_client._engine.process.pid
+        test_client = app.test_client()
 
-    previous_engine = os.environ.get("PRISMA_QUERY_ENGINE_BINARY")
-    os.environ["PRISMA_QUERY_ENGINE_BINARY"] = str(_engine_shim(tmp))
-    try:
-        settings = Settings(
-            database_url=db_url,
-            clerk_webhook_signing_secret=WEBHOOK_SECRET,
-            clerk_secret_key="sk_test_unused_by_the_profile",
-        )
-        app = create_app(settings)
-        database = app.extensions["database"]
-        prisma_client = database.client()
-    finally:
-        if previous_engine is None:
-            os.environ.pop("PRISMA_QUERY_ENGINE_BINARY", None)
-        else:
-            os.environ["PRISMA_QUERY_ENGINE_BINARY"] = previous_engine
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    for handler in logging.getLogger("app").handlers:
-        if isinstance(handler, logging.StreamHandler):
-            handler.stream = devnull  # keep formatting the log lines (a real cost), drop the output
-    engine_url = prisma_client._engine.url
-    engine_pid = prisma_client._engine.process.pid
-    test_client = app.test_client()
+        def post_all(requests: list[Req]) -> list[float]:
+            times = []
+            for req in requests:
+                t0 = time.perf_counter()
+                response = test_client.post(req.path, data=req.content, headers=req.headers)
+                times.append(time.perf_counter() - t0)
+                if response.status_code not in (200, 400):
+                    raise RuntimeError(
+                        f"unexpected {response.status_code}: {response.get_data(as_text=True)[:300]}"
+                    )
+            return times
 
-    def post_all(requests: list[Req]) -> list[float]:
-        times = []
-        for req in requests:
-            t0 = time.perf_counter()
-            response = test_client.post(req.path, data=req.content, headers=req.headers)
-            times.append(time.perf_counter() - t0)
-            if response.status_code not in (200, 400):
-                raise RuntimeError(
-                    f"unexpected {response.status_code}: {response.get_data(as_text=True)[:300]}"
-                )
-        return times
-
-    try:
         import prisma._compat
         import prisma.actions
         import prisma.engine._http
@@ -244,9 +222,6 @@ def run_profile(db_url: str, server_url: str, k: int, tmp: Path, meter: CpuMeter
         profiler.enable()
         post_all(events)
         profiler.disable()
-    finally:
-        database.close()
-        devnull.close()
 
     # 4. The engine's SQL for one webhook, replayed with psycopg.
     replay = _replay_sql(db_url, k)
