@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # Prisma Client Python 0.15 corrupts U+0085/U+2028/U+2029 in strings it sends; see prisma_engines.builder.
 builder.patch(_builder)
 
+# Read by prisma/query-engine.mjs: the pid that starts it, so it can tell it was orphaned while starting.
+ENGINE_PARENT_VARIABLE = "CLERK_SYNC_ENGINE_PARENT"
+
 # Every failure of the database or its engine: `db_errors.classify` says which are transient.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (prisma_errors.PrismaError, httpx.TransportError)
 UNAVAILABLE_ERRORS = DATABASE_ERRORS
@@ -80,6 +83,8 @@ class Database:
                     connect_timeout=self._connect_timeout,
                     http=auth.http_options(timeout=engine_request_timeout(self._url)),
                 )
+                # The engine exits at once if this process is gone before it starts (see query-engine.mjs).
+                os.environ[ENGINE_PARENT_VARIABLE] = str(os.getpid())
                 client.connect()
                 transport.install(client)  # keep-alive http.client instead of httpx
                 metrics.time_engine(client)

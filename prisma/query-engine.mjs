@@ -7,6 +7,10 @@ const ENGINE_COMMIT = '393aa359c9ad4a4bb28630fb5613f9c281cde053';
 // Read before anything is awaited: a parent that dies while we start (a worker killed
 // during boot) would otherwise leave us watching init, and outliving it.
 const parent = process.ppid;
+// The client names its pid (app/db.py): if it died before this line ran, we were
+// already handed to init, and `parent` above is not it.
+const expectedParent = Number(process.env.CLERK_SYNC_ENGINE_PARENT);
+if (expectedParent > 0 && parent !== expectedParent) process.exit(1);
 
 function parseArgs(argv) {
   const options = { port: 4466 };
