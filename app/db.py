@@ -83,9 +83,13 @@ class Database:
                     connect_timeout=self._connect_timeout,
                     http=auth.http_options(timeout=engine_request_timeout(self._url)),
                 )
-                # The engine exits at once if this process is gone before it starts (see query-engine.mjs).
+                # The engine exits at once if this process is gone before it starts (see query-engine.mjs);
+                # only for the engine started here, not inherited by other children of this process.
                 os.environ[ENGINE_PARENT_VARIABLE] = str(os.getpid())
-                client.connect()
+                try:
+                    client.connect()
+                finally:
+                    os.environ.pop(ENGINE_PARENT_VARIABLE, None)
                 transport.install(client)  # keep-alive http.client instead of httpx
                 metrics.time_engine(client)
                 self._client, self._pid = client, os.getpid()

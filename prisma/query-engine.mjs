@@ -7,10 +7,6 @@ const ENGINE_COMMIT = '393aa359c9ad4a4bb28630fb5613f9c281cde053';
 // Read before anything is awaited: a parent that dies while we start (a worker killed
 // during boot) would otherwise leave us watching init, and outliving it.
 const parent = process.ppid;
-// The client names its pid (app/db.py): if it died before this line ran, we were
-// already handed to init, and `parent` above is not it.
-const expectedParent = Number(process.env.CLERK_SYNC_ENGINE_PARENT);
-if (expectedParent > 0 && parent !== expectedParent) process.exit(1);
 
 function parseArgs(argv) {
   const options = { port: 4466 };
@@ -31,6 +27,10 @@ if (options.version) {
   process.stdout.write(`query-engine ${ENGINE_COMMIT}\n`);
   process.exit(0);
 }
+// The client names its pid (app/db.py): if it died before this process ran, we were
+// already handed to init, and `parent` above is not it.
+const expectedParent = Number(process.env.CLERK_SYNC_ENGINE_PARENT);
+if (expectedParent > 0 && parent !== expectedParent) process.exit(1);
 if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
   process.stderr.write(`invalid port: ${options.port}\n`);
   process.exit(2);
