@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
@@ -23,6 +24,9 @@ from app.config import Settings
 from prisma_engines import localdb, migrations
 from prisma_engines.migrations import MIGRATIONS_DIR
 from tests.fakeclerk import DEFAULT_AZP, FakeClerk
+
+if TYPE_CHECKING:
+    from tests.webhook_events import Store
 
 
 @pytest.fixture(scope="session")
@@ -155,3 +159,19 @@ def sign_webhook(
         "svix-signature": Webhook(secret).sign(msg_id, at, text),
         "content-type": "application/json",
     }
+
+
+# --- Webhook tests (tests/webhook_events.py) ----------------------------------------------------
+
+
+@pytest.fixture
+def store(db: Prisma, app_database_url: str) -> Store:
+    """The shared app's database, on empty tables (the `db` fixture empties them)."""
+    from tests.webhook_events import Store  # not at the top: that module imports this one
+
+    return Store(app_database_url)
+
+
+@pytest.fixture
+def base_url(http: httpx.Client) -> str:
+    return str(http.base_url).rstrip("/")
