@@ -98,9 +98,16 @@ export function createPool(config, log = () => {}) {
     for (const item of pool?._idle ?? []) item.client.connection?.stream?.destroy();
   };
 
+  // A pooler in front of the database (PgBouncer, Neon's pooled endpoint) refuses the server-side
+  // limits as startup parameters. Once it has, connect without them; the role's settings apply.
+  let withoutStartupLimits = false;
+  const startupLimits = Object.keys(SESSION_TIMEOUTS).filter((name) => name in config.pool);
+
   class GuardedClient extends pg.Client {
     constructor(options) {
-      super({ ...options, connectionTimeoutMillis: connectTimeoutMillis || options.connectionTimeoutMillis });
+      const own = { ...options };
+      if (withoutStartupLimits) for (const name of startupLimits) delete own[name];
+      super({ ...own, connectionTimeoutMillis: connectTimeoutMillis || options.connectionTimeoutMillis });
       // A checked-out connection has no listener of the pool's: a server-side error between queries
       // (say, the idle-in-transaction timeout) would otherwise be thrown as an uncaught exception.
       this.on('error', (err) => log({ level: 'warn', message: `database connection failed: ${err.message}` }));
@@ -139,8 +146,20 @@ export function createPool(config, log = () => {}) {
     uncap.unref();
     return open;
   };
+  // Whether `error` is that refusal; connections opened at the same moment all meet it, and each
+  // retries once without the limits.
+  const refusedLimits = (error) => {
+    if (!startupLimits.length || !/unsupported startup parameter/i.test(error?.message ?? '')) return false;
+    if (withoutStartupLimits) return true;
+    withoutStartupLimits = true;
+    log({
+      level: 'warn',
+      message: `the database endpoint (a pooler such as PgBouncer) refuses ${startupLimits.join(', ')} as connection parameters; connecting without them, so set them on the role instead (ALTER ROLE ... SET statement_timeout = '5s', ...)`,
+    });
+    return true;
+  };
   pool.connect = (callback) => {
-    const result = connectPatiently(connect, poolTimeoutMillis, noSlotLeft);
+    const result = connectPatiently(connect, poolTimeoutMillis, noSlotLeft, refusedLimits);
     if (!callback) return result;
     result.then((client) => callback(undefined, client, client.release), (err) => callback(err, undefined, () => {}));
     return undefined;
@@ -155,12 +174,17 @@ function wrap(callback, done) {
   };
 }
 
-async function connectPatiently(connect, boundMillis, noSlotLeft) {
+async function connectPatiently(connect, boundMillis, noSlotLeft, refusedLimits) {
   const deadline = Date.now() + (boundMillis || 0);
+  let retriedWithoutLimits = false;
   for (let delay = 20; ; delay = Math.min(delay * 2, 250)) {
     try {
       return await connect();
     } catch (error) {
+      if (!retriedWithoutLimits && refusedLimits(error)) {
+        retriedWithoutLimits = true;
+        continue; // at once, without the limits
+      }
       if (!RETRY_CONNECT_CODES.has(error?.code) || Date.now() + delay > deadline) throw error;
       // With connections of its own, the pool is now full: queue for one of them at once.
       if (noSlotLeft() === 0) await new Promise((resolve) => setTimeout(resolve, delay));
