@@ -109,7 +109,8 @@ def clerk_webhook() -> ResponseReturnValue:
         )
         raise ApiError(503, "database_unavailable", "The database is not available; retry later.") from None
     metrics.webhook_applied(event_type, status, outcome)
-    log.info("webhook %s %s: %s", clip(msg_id, 128), event_type, outcome)
+    # "duplicate, created": a redelivery, answered with what its first delivery did; nothing written.
+    log.info("webhook %s %s: %s, %s", clip(msg_id, 128), event_type, status, outcome)
     return jsonify(status=status, type=event_type, outcome=outcome), 200
 
 
