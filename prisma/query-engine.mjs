@@ -37,11 +37,12 @@ if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535)
 }
 
 const { startServer } = await import('./src/server.mjs');
+const { logLine } = await import('./src/log.mjs');
 let server;
 try {
   server = await startServer({ port: options.port });
 } catch (error) {
-  process.stderr.write(`${JSON.stringify({ level: 'error', message: `query engine failed to start: ${error.message}` })}\n`);
+  process.stderr.write(`${logLine({ level: 'error', message: `query engine failed to start: ${error.message}` })}\n`);
   process.exit(1);
 }
 // Prisma Client Python stops its engine with SIGINT. A SIGTERM comes from outside, and

@@ -37,7 +37,9 @@ def pooled(postgres_server: str, database_factory: Callable[[str], str]) -> Iter
             app.extensions["database"].close()
 
 
-def test_webhooks_work_behind_pgbouncer_with_the_default_settings(pooled: tuple[str, Store]) -> None:
+def test_webhooks_work_behind_pgbouncer_with_the_default_settings(
+    pooled: tuple[str, Store], capfd: pytest.CaptureFixture[str]
+) -> None:
     base_url, store = pooled
     created = Event.snapshot("user.created", Version("user_pooled", CREATED_AT))
     updated = Event.snapshot("user.updated", Version("user_pooled", CREATED_AT + 5, first_name="New"))
@@ -48,6 +50,10 @@ def test_webhooks_work_behind_pgbouncer_with_the_default_settings(pooled: tuple[
     assert store.users() == {"user_pooled": Version("user_pooled", CREATED_AT + 5, first_name="New").row()}
     assert_delivery(store, created, "created", "user_pooled")
     assert_delivery(store, updated, "updated", "user_pooled")
+    # The engine (a child process, writing to the inherited stderr) said so, once.
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "refuses statement_timeout" in line]
+    assert len(warnings) == 1, warnings
+    assert "ALTER ROLE" in warnings[0]
 
 
 def test_transaction_pooling_keeps_one_effect_per_delivery(pooled: tuple[str, Store]) -> None:

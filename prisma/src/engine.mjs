@@ -65,7 +65,7 @@ export class WasmEngine {
     releaseLateTransactions(adapter, () => this.maxWaitMillis);
     this.engine = new bg.QueryEngine(
       { datamodel: this.datamodel, logLevel: 'info', logQueries: this.logQueries },
-      (line) => this.log(safeParse(line)),
+      (line) => this.log({ ...safeParse(line), fromPrisma: true }),
       (this.adapter = bindAdapter(adapter)),
     );
     await this.engine.connect('{}');

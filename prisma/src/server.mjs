@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import { EnginePanic, WasmEngine, isTransactionIdShape } from './engine.mjs';
 import { GraphQLSyntaxError } from './graphql.mjs';
 import { Schema, TranslationError, engineError, stringify, translateQuery, translateResult } from './translate.mjs';
+import { logLine } from './log.mjs';
 
 const require = createRequire(import.meta.url);
 const schemaWasm = require('@prisma/prisma-schema-wasm');
@@ -76,9 +77,12 @@ export async function startServer({ port, env = process.env }) {
   const datamodel = fs.readFileSync(datamodelPath, 'utf8');
   const schema = new Schema(JSON.parse(schemaWasm.get_dmmf(JSON.stringify({ prismaSchema: datamodel }))));
   const threshold = LEVELS[String(env.RUST_LOG ?? 'error').toLowerCase()] ?? LEVELS.error;
-  const log = (event) => {
+  // RUST_LOG (Prisma Client Python sets `error`) filters the wasm engine's own events; this
+  // process's warnings (a pooler refusing the timeouts, dropped connections) always show.
+  const log = ({ fromPrisma, ...event }) => {
     const level = LEVELS[String(event.level ?? 'info').toLowerCase()] ?? LEVELS.info;
-    if (level >= threshold || (env.LOG_QUERIES && event.query)) process.stderr.write(`${JSON.stringify(event)}\n`);
+    const floor = fromPrisma ? threshold : Math.min(threshold, LEVELS.warn);
+    if (level >= floor || (env.LOG_QUERIES && event.query)) process.stderr.write(`${logLine(event)}\n`);
   };
   const engine = new WasmEngine({ datamodel, url: datasourceUrl(datamodel, env), logQueries: Boolean(env.LOG_QUERIES), log });
   const metrics = new Metrics();
