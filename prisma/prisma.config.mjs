@@ -84,6 +84,10 @@ class ProjectPg extends PrismaPg {
       // The CLI itself only says "External error id#0".
       const { host, pathname } = new URL(this.url);
       console.error(`Can't reach database ${pathname.slice(1)} at ${host}: ${error.message}`);
+      if (/unsupported startup parameter/i.test(error.message)) {
+        // A pooler (PgBouncer, Neon's -pooler host): Prisma's schema commands need a session of their own.
+        console.error('That is a connection pooler. Schema commands need a direct connection: set DIRECT_URL to the unpooled host (on Neon, the host without "-pooler").');
+      }
       throw error;
     }
     if (found.rowCount === 0) await adapter.executeScript(`CREATE SCHEMA IF NOT EXISTS ${ident(this.schemaName)}`);

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import httpx
+import psycopg
 import pytest
 
 from app import create_app
 from app.config import Settings
-from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations
+from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations, run_prisma
 from tests.conftest import WEBHOOK_SECRET, serve_app
 from tests.pgbouncer import pgbouncer, through
 from tests.webhook_events import CREATED_AT, Event, Store, Version, assert_delivery, deliver, storm
@@ -64,3 +65,22 @@ def test_transaction_pooling_keeps_one_effect_per_delivery(pooled: tuple[str, St
     assert statuses == [200] * 32
     assert store.users() == {"user_pooled_storm": Version("user_pooled_storm", CREATED_AT).row()}
     assert set(store.deliveries()) == {event.msg_id}
+
+
+def test_migrations_need_the_direct_url_behind_pgbouncer(
+    postgres_server: str, database_factory: Callable[[str], str]
+) -> None:
+    """Prisma's schema commands hold a session (its advisory lock): through the pooler they stop at
+    once and say to set DIRECT_URL; with it, the same command migrates."""
+    url = database_factory("clerk_sync_pgbouncer_migrate")
+    with pgbouncer(postgres_server) as port:
+        refused = run_prisma(["migrate", "deploy"], database_url=through(url, port), check=False)
+        assert refused.returncode != 0
+        assert "set DIRECT_URL to the unpooled host" in refused.stdout + refused.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT to_regclass('_prisma_migrations')").fetchone() == (None,)
+
+        done = run_prisma(["migrate", "deploy"], database_url=through(url, port), direct_url=url)
+        assert "successfully applied" in done.stdout
+        with psycopg.connect(url) as conn:
+            assert conn.execute('SELECT count(*) FROM "User"').fetchone() == (0,)
