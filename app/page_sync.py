@@ -26,13 +26,13 @@ from prisma.models import User
 
 from .clerk.users import ClerkUser
 from .sync import (
-    Plan,
     SyncOutcome,
     judge_snapshot,
     judge_stored,
     lock_user,
     snapshot_fields,
     transaction,
+    upsert_user,
 )
 
 WRITES = (SyncOutcome.CREATED, SyncOutcome.UPDATED)
@@ -122,5 +122,5 @@ def _write_locked(db: Prisma, users: list[ClerkUser]) -> dict[str, SyncOutcome]:
         if writes:
             with tx.batch_() as batch:
                 for user in writes:
-                    Plan(decided[user.id], None, user.id, fields=snapshot_fields(user)).write(batch)
+                    upsert_user(batch, user.id, snapshot_fields(user))
     return decided

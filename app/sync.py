@@ -125,10 +125,13 @@ def tombstone_fields(at: datetime | None) -> dict[str, Any]:
     return {"deletedAt": at or datetime.now(UTC), "clerkUpdatedAt": None, **dict.fromkeys(_PERSONAL_FIELDS)}
 
 
-def guarded_upsert(batch: Batch, clerk_id: str, where: dict[str, Any], fields: dict[str, Any]) -> None:
-    """Add the user's upsert, keyed on `clerkId` and guarded by `where`, to a batch."""
-    batch.user.upsert(
-        where=where,  # type: ignore[arg-type]  # the engine's extended unique where; the stubs know only clerkId
+def upsert_user(
+    writer: Prisma | Batch, clerk_id: str, fields: dict[str, Any], *, where: dict[str, Any] | None = None
+) -> User | None:
+    """The one user write: `prisma.user.upsert` keyed on `clerkId`, guarded by an extended `where`
+    when given. Through a client it returns the row; in a batch, None."""
+    return writer.user.upsert(
+        where=where or {"clerkId": clerk_id},  # type: ignore[arg-type]  # extended unique where; stubs know clerkId
         data={"create": {"clerkId": clerk_id, **fields}, "update": fields},
     )
 
@@ -149,7 +152,6 @@ class UserWrite:
     """One event's write in a form a caller's batch can carry, plus the interactive way to plan it."""
 
     clerk_id: str
-    where: dict[str, Any]
     fields: dict[str, Any]
     kind: str
     """"snapshot" or "deletion": which `*_OUTCOME_SQL` judges it."""
@@ -160,7 +162,6 @@ class UserWrite:
 def snapshot_write(user: ClerkUser) -> UserWrite:
     return UserWrite(
         user.id,
-        snapshot_where(user),
         snapshot_fields(user),
         "snapshot",
         user.updated_at_datetime,
@@ -172,7 +173,6 @@ def deletion_write(clerk_id: str, *, at: datetime | None = None) -> UserWrite:
     at = at or datetime.now(UTC)
     return UserWrite(
         clerk_id,
-        tombstone_where(clerk_id),
         tombstone_fields(at),
         "deletion",
         None,
@@ -190,7 +190,7 @@ def write_at_once(
     batch = ResultBatch(db)
     lock_user(batch, clerk_id)
     batch.find_unique(User, {"clerkId": clerk_id})
-    guarded_upsert(batch, clerk_id, where, fields)
+    upsert_user(batch, clerk_id, fields, where=where)
     try:
         _, before, after = batch.commit_with_results()
     except UniqueViolationError as exc:
@@ -304,12 +304,7 @@ class Plan:
 
     def write(self, writer: Prisma | Batch) -> User | None:
         """Run the upsert through a transaction client (returns the row) or a batch (returns None)."""
-        if self.fields is None:
-            return None
-        return writer.user.upsert(
-            where={"clerkId": self.clerk_id},
-            data={"create": {"clerkId": self.clerk_id, **self.fields}, "update": self.fields},
-        )
+        return None if self.fields is None else upsert_user(writer, self.clerk_id, self.fields)
 
 
 def plan_snapshot(tx: Prisma, user: ClerkUser) -> Plan:

@@ -51,6 +51,7 @@ from ..sync import (
     refused_by_guard,
     snapshot_write,
     transaction,
+    upsert_user,
 )
 
 log = logging.getLogger(__name__)
@@ -260,10 +261,7 @@ def _record_and_write(db: Prisma, msg_id: str, event_type: str, write: UserWrite
         batch.query_raw(RECORD_SNAPSHOT_SQL, msg_id, event_type, write.clerk_id, write.version)
     else:
         batch.query_raw(RECORD_DELETION_SQL, msg_id, event_type, write.clerk_id)
-    batch.user.upsert(
-        where={"clerkId": write.clerk_id},
-        data={"create": {"clerkId": write.clerk_id, **write.fields}, "update": write.fields},
-    )
+    upsert_user(batch, write.clerk_id, write.fields)
     try:
         _, recorded, _ = batch.commit_with_results()
     except RawQueryError as exc:
