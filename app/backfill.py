@@ -17,7 +17,7 @@ from typing import Any
 from . import metrics
 from .clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable
 from .clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user
-from .db import UNAVAILABLE_ERRORS, get_db
+from .db import DATABASE_ERRORS, get_db
 from .page_sync import predict_page, sync_page
 from .progress import FAILED, Progress, Tally, warn
 from .retries import RetryPolicy, call_with_retries, describe_error, may_succeed_later
@@ -133,12 +133,12 @@ class PageRun:
             predict = partial(predict_page, db, users, self.planned)
             try:
                 outcomes = call_with_retries(predict, self.policy, f"page at offset {self.offset}")
-            except UNAVAILABLE_ERRORS as exc:
+            except DATABASE_ERRORS as exc:
                 raise RunStopped(describe_error(exc), self.offset) from None
             return [OUTCOME_LABELS[outcome] for outcome in outcomes]
         try:
             outcomes = sync_page(db, users)
-        except UNAVAILABLE_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             warn(f"page at offset {self.offset}: {describe_error(exc)}; writing its users one by one")
             labels: list[str] = []
             try:
@@ -158,7 +158,7 @@ class PageRun:
             outcome = call_with_retries(
                 lambda: sync_user_with_database(user, get_db()).outcome, self.policy, f"user {user.id}"
             )
-        except UNAVAILABLE_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             warn(f"failed: user {user.id}: {describe_error(exc)}")
             if not may_succeed_later(exc):
                 return FAILED  # this user's data, not the database being down

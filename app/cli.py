@@ -27,7 +27,7 @@ from .backfill import BACKFILL_LABELS, DEFAULT_PAGE_SIZE, DRY_RUN_NAMES, PageRun
 from .clerk import current_clerk
 from .clerk.api import MAX_PAGE_SIZE, ClerkAPI, ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
 from .clerk.users import InvalidClerkUser, parse_clerk_user
-from .db import UNAVAILABLE_ERRORS, get_db
+from .db import DATABASE_ERRORS, get_db
 from .errors import ApiError
 from .progress import Progress, Tally, warn
 from .reconcile import DEFAULT_MAX_TOMBSTONES, RECONCILE_LABELS, Reconcile
@@ -251,7 +251,7 @@ def reconcile(
     except RunStopped as exc:
         warn(f"Stopped: {exc}.")
         code = EXIT_FAILED
-    except UNAVAILABLE_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         warn(f"Stopped: {describe_error(exc)}.")
         code = EXIT_FAILED
     except KeyboardInterrupt:
@@ -295,7 +295,7 @@ def sync_user(user_id: str, max_retries: int, retry_delay: float, max_wait: floa
 
     try:
         result = call_with_retries(lambda: sync_user_with_database(user, get_db()), policy, f"user {user_id}")
-    except UNAVAILABLE_ERRORS as exc:
+    except DATABASE_ERRORS as exc:
         fail(f"{describe_error(exc)}; nothing written. Try again later.")
     metrics.user_synced("backfill", result.outcome)
     reason = f" ({result.reason})" if result.reason else ""

@@ -34,7 +34,6 @@ ENGINE_PARENT_VARIABLE = "CLERK_SYNC_ENGINE_PARENT"
 
 # Every failure of the database or its engine: `db_errors.classify` says which are transient.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (prisma_errors.PrismaError, httpx.TransportError)
-UNAVAILABLE_ERRORS = DATABASE_ERRORS
 
 
 def engine_request_timeout(url: str) -> float:

@@ -287,10 +287,6 @@ def _engine_operation(path: str) -> str:
     return "status" if path == "/status" else OTHER
 
 
-# P1xxx: cannot reach or talk to the database; P2024: no pool connection in time;
-# P2028: transaction API (expired, closed); P2034: write conflict or deadlock.
-
-
 def database_failure(exc: BaseException) -> None:
     """A request gave up on the database: count it as transient or permanent."""
     if _enabled:

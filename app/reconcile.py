@@ -28,7 +28,7 @@ from . import metrics
 from .backfill import DEFAULT_PAGE_SIZE, Listed, PageRun, RunStopped
 from .clerk.api import ClerkAPI, ClerkAPIError, ClerkUnavailable, ClerkUserNotFound
 from .clerk.users import ClerkUser, InvalidClerkUser, parse_clerk_user
-from .db import UNAVAILABLE_ERRORS, get_db
+from .db import DATABASE_ERRORS, get_db
 from .page_sync import WRITES, predict_page, sync_page
 from .progress import FAILED, Progress, Tally, warn
 from .retries import RetryPolicy, call_with_retries, describe_error
@@ -182,7 +182,7 @@ class Reconcile:
             action = partial(sync_page, db, [user])
         try:
             [outcome] = call_with_retries(action, self.policy, f"user {user.id}")
-        except UNAVAILABLE_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             self.fail(user.id, describe_error(exc))
             return
         self.tally.add(KEPT)
@@ -200,7 +200,7 @@ class Reconcile:
             action = partial(tombstone_if_unchanged, db, clerk_id, version)
         try:
             done = call_with_retries(action, self.policy, f"user {clerk_id}")
-        except UNAVAILABLE_ERRORS as exc:
+        except DATABASE_ERRORS as exc:
             self.fail(clerk_id, describe_error(exc))
             return
         if done:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from .clerk.api import ClerkAPIError, ClerkUnavailable
-from .db import UNAVAILABLE_ERRORS
+from .db import DATABASE_ERRORS
 from .db_errors import classify
 from .progress import warn
 
 T = TypeVar("T")
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ClerkUnavailable, *UNAVAILABLE_ERRORS)
+# Retried when `may_succeed_later` says so; the rest propagate at once.
+RETRIABLE_ERRORS: tuple[type[BaseException], ...] = (ClerkUnavailable, *DATABASE_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ def call_with_retries(action: Callable[[], T], policy: RetryPolicy, what: str) -
     while True:
         try:
             return action()
-        except TRANSIENT_ERRORS as exc:
+        except RETRIABLE_ERRORS as exc:
             if retry >= policy.max_retries or not may_succeed_later(exc):
                 raise
             retry += 1
