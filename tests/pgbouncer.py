@@ -15,15 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from tests.served import free_port
 
 
 def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or next(
-        (path for path in ("/usr/sbin/pgbouncer",) if os.access(path, os.X_OK)), None
-    )
+    debian = "/usr/sbin/pgbouncer"  # not on a non-root PATH
+    found = shutil.which("pgbouncer") or (debian if os.access(debian, os.X_OK) else None)
     if found is None:
         raise RuntimeError("pgbouncer is not installed: scripts/test installs Debian's package (as root)")
     return found
@@ -64,15 +63,6 @@ def pgbouncer(server_url: str, *, pool_size: int = 10) -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def through(database_url: str, port: int) -> str:
-    """`database_url`, reached through the pooler on `port`."""
-    parts = urlsplit(database_url)
-    credentials, _, _ = parts.netloc.rpartition("@")
-    host = f"127.0.0.1:{port}"
-    netloc = f"{credentials}@{host}" if credentials else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -21,10 +21,21 @@ import contextlib
 import socket
 import struct
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["TcpProxy"]
+__all__ = ["TcpProxy", "via_local_port"]
 
 _CHUNK = 64 * 1024
+
+
+def via_local_port(database_url: str, port: int, extra_query: str = "") -> str:
+    """`database_url` reached through 127.0.0.1:`port` (a proxy, a pooler), same user and
+    database, with `extra_query` parameters added."""
+    parts = urlsplit(database_url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    query = "&".join(filter(None, [parts.query, extra_query]))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _abort(sock: socket.socket) -> None:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -33,7 +33,7 @@ from app.config import Settings
 from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations
 from tests.conftest import WEBHOOK_SECRET, serve_app, sign_webhook
 from tests.fakeclerk import build_clerk_user
-from tests.tcpproxy import TcpProxy
+from tests.tcpproxy import TcpProxy, via_local_port
 
 IDLE_IN_TRANSACTION_TIMEOUT = 3.0
 TIMEOUT_ENV = {
@@ -106,15 +106,6 @@ class IdleInTransactionWatch:
                 self.longest = max(self.longest, float(row[0]) if row else 0.0)
 
 
-def via_proxy(url: str, port: int) -> str:
-    """`url` through the proxy, with the shortened timeouts."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
-    query = "&".join(filter(None, [parts.query, URL_TIMEOUTS]))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
 def engine_pid(app: Flask) -> int:
     return int(app.extensions["database"].client()._engine.process.pid)
 
@@ -142,7 +133,10 @@ def test_a_blackholed_database_heals_without_a_restart(
 
     with TcpProxy(("127.0.0.1", 5432)) as proxy:
         app = create_app(
-            Settings(database_url=via_proxy(url, proxy.port), clerk_webhook_signing_secret=WEBHOOK_SECRET)
+            Settings(
+                database_url=via_local_port(url, proxy.port, URL_TIMEOUTS),
+                clerk_webhook_signing_secret=WEBHOOK_SECRET,
+            )
         )
         try:
             with (

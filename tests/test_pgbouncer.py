@@ -19,7 +19,8 @@ from app import create_app
 from app.config import Settings
 from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations, run_prisma
 from tests.conftest import WEBHOOK_SECRET, serve_app
-from tests.pgbouncer import pgbouncer, through
+from tests.pgbouncer import pgbouncer
+from tests.tcpproxy import via_local_port
 from tests.webhook_events import CREATED_AT, Event, Store, Version, assert_delivery, deliver, storm
 
 
@@ -29,7 +30,9 @@ def pooled(postgres_server: str, database_factory: Callable[[str], str]) -> Iter
     url = database_factory("clerk_sync_pgbouncer")
     apply_migrations(url, MIGRATIONS_DIR)  # migrations go direct (DIRECT_URL), as Prisma requires
     with pgbouncer(postgres_server, pool_size=3) as port:
-        settings = Settings(database_url=through(url, port), clerk_webhook_signing_secret=WEBHOOK_SECRET)
+        settings = Settings(
+            database_url=via_local_port(url, port), clerk_webhook_signing_secret=WEBHOOK_SECRET
+        )
         app = create_app(settings)
         try:
             with serve_app(app) as base_url:
@@ -74,13 +77,13 @@ def test_migrations_need_the_direct_url_behind_pgbouncer(
     once and say to set DIRECT_URL; with it, the same command migrates."""
     url = database_factory("clerk_sync_pgbouncer_migrate")
     with pgbouncer(postgres_server) as port:
-        refused = run_prisma(["migrate", "deploy"], database_url=through(url, port), check=False)
+        refused = run_prisma(["migrate", "deploy"], database_url=via_local_port(url, port), check=False)
         assert refused.returncode != 0
         assert "set DIRECT_URL to the unpooled host" in refused.stdout + refused.stderr
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT to_regclass('_prisma_migrations')").fetchone() == (None,)
 
-        done = run_prisma(["migrate", "deploy"], database_url=through(url, port), direct_url=url)
+        done = run_prisma(["migrate", "deploy"], database_url=via_local_port(url, port), direct_url=url)
         assert "successfully applied" in done.stdout
         with psycopg.connect(url) as conn:
             assert conn.execute('SELECT count(*) FROM "User"').fetchone() == (0,)

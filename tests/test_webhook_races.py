@@ -8,7 +8,6 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ from app import create_app
 from app.config import Settings
 from prisma_engines.migrations import MIGRATIONS_DIR, apply_migrations
 from tests.conftest import WEBHOOK_SECRET, serve_app
-from tests.tcpproxy import TcpProxy
+from tests.tcpproxy import TcpProxy, via_local_port
 from tests.webhook_events import (
     CREATED_AT,
     Event,
@@ -156,17 +155,6 @@ def test_every_delivery_order_converges_to_the_same_rows(
 # --- Database outage --------------------------------------------------------------------------------
 
 
-def _via_proxy(database_url: str, port: int) -> str:
-    """`database_url` through the proxy, failing fast on connect."""
-    parts = urlsplit(database_url)
-    netloc = parts.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{port}"
-    query = "&".join(filter(None, [parts.query, "connect_timeout=2"]))
-    return urlunsplit(
-        (parts.scheme, f"{netloc[0]}@{host}" if len(netloc) == 2 else host, parts.path, query, "")
-    )
-
-
 @pytest.fixture
 def outage_db(database_factory: Callable[[str], str]) -> Store:
     url = database_factory("clerk_sync_outage")
@@ -200,7 +188,7 @@ def test_a_database_outage_answers_503_without_partial_writes_and_redelivery_rec
     with TcpProxy(("127.0.0.1", 5432)) as proxy:
         app = create_app(
             Settings(
-                database_url=_via_proxy(outage_db.url, proxy.port),
+                database_url=via_local_port(outage_db.url, proxy.port, "connect_timeout=2"),
                 clerk_webhook_signing_secret=WEBHOOK_SECRET,
             )
         )
