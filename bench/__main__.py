@@ -33,6 +33,8 @@ from .load import PhaseResult, loadavg
 from .profile import run_profile
 
 PHASES = ("c1", "c2", "ck", "a", "a2", "ad", "b", "b2")
+# Phases whose requests (and warm-up) are n fresh signed webhooks of one kind.
+WEBHOOK_PHASES = {"c2": workload.noop_requests, "a": workload.user_events, "ad": workload.deletion_events}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -168,32 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                     report.print_run(result, round_no)
                     continue
                 for server in order:
-                    if key == "c2":
-                        http(
-                            key,
-                            server,
-                            workload.noop_requests(args.requests),
-                            workload.noop_requests(args.warmup),
-                        )
-                    elif key == "a":
-                        http(
-                            key,
-                            server,
-                            workload.user_events(args.requests),
-                            workload.user_events(args.warmup),
-                        )
+                    if key in WEBHOOK_PHASES:
+                        make = WEBHOOK_PHASES[key]
+                        http(key, server, make(args.requests), make(args.warmup))
                     elif key == "a2":
                         pairs = workload.with_duplicates(
                             workload.user_events(args.requests // 2), args.dup_lag
                         )
                         http(key, server, pairs, workload.user_events(args.warmup))
-                    elif key == "ad":
-                        http(
-                            key,
-                            server,
-                            workload.deletion_events(args.requests),
-                            workload.deletion_events(args.warmup),
-                        )
                     elif key in ("b", "b2"):
                         warm, measured = logins[server.variant.name]
                         http(key, server, measured, warm)
