@@ -16,7 +16,7 @@ from app.db import ENGINE_PARENT_VARIABLE
 from prisma_engines import engines
 from prisma_engines.auth import TOKEN_ENV
 from prisma_engines.migrations import PROJECT_ROOT
-from tests.served import free_port
+from tests.served import alive, free_port
 
 # Prints the engine's pid, then dies abruptly, long before Node has started (~50 ms or more).
 LAUNCHER = """
@@ -28,14 +28,6 @@ engine = subprocess.Popen(sys.argv[3:], env=env, stdout=subprocess.DEVNULL, stde
 print(engine.pid, flush=True)
 os._exit(0)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _orphan_engine(mode: str, database_url: str) -> int:
@@ -60,7 +52,7 @@ def _orphan_engine(mode: str, database_url: str) -> int:
 
 def _gone_within(pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -72,7 +64,7 @@ def test_an_engine_orphaned_while_it_starts_exits(app_database_url: str) -> None
     try:
         assert _gone_within(pid, 10), "the engine outlived the process that started it"
     finally:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, 9)
 
 

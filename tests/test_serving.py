@@ -17,7 +17,7 @@ import pytest
 from tests.attacks import read_answer, user_webhook
 from tests.conftest import WEBHOOK_SECRET, sign_webhook
 from tests.fakeclerk import FakeClerk
-from tests.served import Served, gunicorn_server, server_env
+from tests.served import Served, alive, gunicorn_server, server_env
 
 
 def _children(pid: int) -> set[int]:
@@ -35,18 +35,6 @@ def _children(pid: int) -> set[int]:
         if ppid == pid:
             found.add(int(entry.name))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -82,9 +70,9 @@ def test_each_worker_owns_an_engine_and_sigterm_leaves_none(gunicorn: Served, db
     gunicorn.process.send_signal(signal.SIGTERM)
     assert gunicorn.process.wait(timeout=30) == 0
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in engines | workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in engines | workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [pid for pid in engines | workers if _alive(pid)], "no worker or engine outlives the server"
+    assert not [pid for pid in engines | workers if alive(pid)], "no worker or engine outlives the server"
 
 
 def test_request_log_is_one_json_line_per_request_without_secrets(
